@@ -1,0 +1,101 @@
+// The op interface every backend implements. The CPU backend (backend/cpu) is the readable
+// reference with fp32 activations; the CUDA backend (backend/cuda, kernels/) must match it.
+//
+// Shapes use: T = tokens in the step, Hd = hidden size, V = vocab, I = intermediate size,
+// Hq/Hkv = query/KV heads, D = head dim, S = sequences in the step, NB = KV blocks,
+// BS = block size. All tensors are row-major and contiguous.
+#pragma once
+
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "core/tensor.h"
+
+namespace llmcore {
+
+struct AttnShape {
+  int num_heads = 0;     // Hq
+  int num_kv_heads = 0;  // Hkv, divides Hq
+  int head_dim = 0;      // D
+  int qkv_width() const { return (num_heads + 2 * num_kv_heads) * head_dim; }
+};
+
+// Where each sequence's query tokens sit in the batch and where its context lives in the
+// paged cache. Query token i (0-based) of sequence s is at position
+// seq_lens[s] - query_len(s) + i and attends to keys at positions [0, that position]
+// (limited to the last `sliding_window` positions when a window is set).
+struct AttentionMetadata {
+  int num_seqs = 0;         // S
+  int max_query_len = 0;    // max over s of query_start_loc[s+1] - query_start_loc[s]
+  int max_seq_len = 0;      // max over s of seq_lens[s]
+  Tensor query_start_loc;   // [S + 1] int32, on the backend's device
+  Tensor seq_lens;          // [S] int32, context length including this step's tokens
+  Tensor block_tables;      // [S, max_blocks_per_seq] int32, -1 padded
+  Tensor slot_mapping;      // [T] int32, cache slot (block * BS + offset) of each new token
+};
+
+// Per layer: k[l], v[l] are [NB, Hkv, BS, D] in the backend's activation dtype.
+struct KVCache {
+  int num_blocks = 0;
+  int block_size = 0;
+  std::vector<Tensor> k;
+  std::vector<Tensor> v;
+};
+
+class Backend {
+ public:
+  virtual ~Backend() = default;
+
+  virtual Device device() const = 0;
+  virtual std::string name() const = 0;
+  // dtype of activations, weights and the KV cache (CPU: float32).
+  virtual DType activation_dtype() const = 0;
+
+  // Uninitialized memory on the device.
+  virtual Tensor empty(Shape shape, DType dtype) = 0;
+  // Copies between any two devices; same dtype and number of elements.
+  virtual void copy(Tensor& dst, const Tensor& src) = 0;
+  // Waits for queued work (a no-op on the CPU).
+  virtual void synchronize() = 0;
+  // A checkpoint tensor (CPU, any float dtype) converted to activation_dtype() on the device.
+  virtual Tensor load_weight(const Tensor& host) = 0;
+
+  // out[t] = table[token_ids[t]].  out [T, Hd]; token_ids [T] int32; table [V, Hd]
+  virtual void embedding(Tensor& out, const Tensor& token_ids, const Tensor& table) = 0;
+  // out = x / rms(x) * weight, per row.  out, x [T, Hd]; weight [Hd]
+  virtual void rms_norm(Tensor& out, const Tensor& x, const Tensor& weight, float eps) = 0;
+  // residual += x; x = rms_norm(residual) * weight.  x, residual [T, Hd]; weight [Hd]
+  virtual void add_rms_norm(Tensor& x, Tensor& residual, const Tensor& weight, float eps) = 0;
+  // out = x @ weight^T (+ bias).  out [T, N]; x [T, K]; weight [N, K]; bias [N] or null.
+  // out may be float32 while x and weight are the activation dtype (the lm_head's logits).
+  // Each output row depends only on its input row (batch invariance).
+  virtual void linear(Tensor& out, const Tensor& x, const Tensor& weight, const Tensor* bias) = 0;
+  // Rotates the q and k parts of qkv in place (NeoX layout: pairs (i, i + D/2)).
+  // qkv [T, (Hq + 2 Hkv) * D]; positions [T] int32; cos_sin [max_pos, D] float32 holding
+  // cos for the D/2 frequencies then sin for them.
+  virtual void rotary_embedding(Tensor& qkv, const Tensor& positions, const Tensor& cos_sin,
+                                const AttnShape& shape) = 0;
+  // Writes the k and v parts of qkv into the cache slots.  qkv [T, (Hq + 2 Hkv) * D];
+  // k_cache, v_cache [NB, Hkv, BS, D]; slot_mapping [T] int32.
+  virtual void write_kv_cache(const Tensor& qkv, Tensor& k_cache, Tensor& v_cache,
+                              const Tensor& slot_mapping, const AttnShape& shape) = 0;
+  // Causal attention of the q part of qkv over the paged cache (which already holds this
+  // step's k and v). out [T, Hq * D]; qkv [T, (Hq + 2 Hkv) * D]; caches [NB, Hkv, BS, D].
+  // sliding_window 0 means full attention.
+  virtual void paged_attention(Tensor& out, const Tensor& qkv, const Tensor& k_cache,
+                               const Tensor& v_cache, const AttentionMetadata& meta,
+                               const AttnShape& shape, float scale, int sliding_window) = 0;
+  // out = silu(x[:, :I]) * x[:, I:].  out [T, I]; x [T, 2I]
+  virtual void silu_and_mul(Tensor& out, const Tensor& x) = 0;
+  // out[i] = x[indices[i]].  out [L, N]; x [T, N]; indices [L] int32
+  virtual void gather_rows(Tensor& out, const Tensor& x, const Tensor& indices) = 0;
+  // For each (src, dst) block pair, copies block src to block dst in every layer's k and v.
+  virtual void copy_kv_blocks(KVCache& cache, const std::vector<std::pair<int, int>>& src_dst) = 0;
+};
+
+// The CPU reference backend. `num_threads` 0 means all cores.
+std::unique_ptr<Backend> create_cpu_backend(int num_threads = 0);
+
+}  // namespace llmcore

@@ -1,0 +1,116 @@
+#include "engine/executor.h"
+
+#include <algorithm>
+#include <cstring>
+
+#include "core/error.h"
+
+namespace llmcore {
+
+Executor::Executor(const ExecutorConfig& config, const ModelConfig& model_config)
+    : config_(config), model_config_(model_config) {
+  if (config.device == "cpu") {
+    backend_ = create_cpu_backend(config.num_threads);
+  } else {
+    throw_value_error("device must be 'cpu' in this build (CUDA backend not built); got '",
+                      config.device, "'");
+  }
+  model_ = create_model(model_config_, config.model_dir, *backend_, config.load_format, config.seed);
+}
+
+size_t Executor::kv_block_bytes(const ModelConfig& c, int block_size, DType dtype) {
+  return 2 * static_cast<size_t>(c.num_hidden_layers) * c.num_key_value_heads * block_size *
+         c.head_dim * dtype_size(dtype);
+}
+
+void Executor::allocate_kv_cache(int num_blocks) {
+  const DType dtype = backend_->activation_dtype();
+  kv_cache_ = KVCache{};
+  kv_cache_.num_blocks = num_blocks;
+  kv_cache_.block_size = config_.block_size;
+  const Shape shape = {num_blocks, model_config_.num_key_value_heads, config_.block_size,
+                       model_config_.head_dim};
+  for (int64_t l = 0; l < model_config_.num_hidden_layers; ++l) {
+    kv_cache_.k.push_back(backend_->empty(shape, dtype));
+    kv_cache_.v.push_back(backend_->empty(shape, dtype));
+  }
+}
+
+Tensor Executor::to_device_i32(const std::vector<int32_t>& host, Shape shape) {
+  Tensor h = Tensor::wrap(const_cast<int32_t*>(host.data()), std::move(shape), DType::kI32);
+  if (backend_->device() == Device::kCPU) {
+    Tensor d = Tensor::empty(h.shape(), DType::kI32);
+    if (h.nbytes()) std::memcpy(d.data(), h.data(), h.nbytes());
+    return d;
+  }
+  Tensor d = backend_->empty(h.shape(), DType::kI32);
+  backend_->copy(d, h);
+  return d;
+}
+
+Tensor Executor::execute(const SchedulerOutput& out, const std::vector<LogitsRequest>& logits_requests) {
+  LLMCORE_CHECK(logits_requests.size() == out.scheduled.size());
+  const int block_size = config_.block_size;
+  const int num_seqs = static_cast<int>(out.scheduled.size());
+  const int num_tokens = out.num_batched_tokens;
+
+  size_t max_blocks = 1;
+  for (const ScheduledSequence& s : out.scheduled) max_blocks = std::max(max_blocks, s.seq->block_table.size());
+
+  std::vector<int32_t> token_ids, positions, slots, seq_lens, logits_rows;
+  std::vector<int32_t> query_start_loc = {0};
+  std::vector<int32_t> block_tables(static_cast<size_t>(num_seqs) * max_blocks, -1);
+  token_ids.reserve(num_tokens);
+  positions.reserve(num_tokens);
+  slots.reserve(num_tokens);
+  int max_query_len = 0, max_seq_len = 0;
+  for (int i = 0; i < num_seqs; ++i) {
+    const ScheduledSequence& s = out.scheduled[i];
+    const Sequence& seq = *s.seq;
+    const int start = seq.num_computed_tokens;
+    const int row0 = static_cast<int>(token_ids.size());
+    LLMCORE_CHECK(start + s.num_tokens <= seq.num_tokens());
+    LLMCORE_CHECK(static_cast<size_t>((start + s.num_tokens + block_size - 1) / block_size) <=
+                  seq.block_table.size(), "sequence ", seq.seq_id, " has too few blocks");
+    for (int p = start; p < start + s.num_tokens; ++p) {
+      token_ids.push_back(seq.token_ids[p]);
+      positions.push_back(p);
+      slots.push_back(seq.block_table[p / block_size] * block_size + p % block_size);
+    }
+    query_start_loc.push_back(static_cast<int32_t>(token_ids.size()));
+    seq_lens.push_back(start + s.num_tokens);
+    std::copy(seq.block_table.begin(), seq.block_table.end(), block_tables.begin() + i * max_blocks);
+    max_query_len = std::max(max_query_len, s.num_tokens);
+    max_seq_len = std::max(max_seq_len, start + s.num_tokens);
+    const LogitsRequest& lr = logits_requests[i];
+    LLMCORE_CHECK(lr.first_row >= 0 && lr.first_row + lr.num_rows <= s.num_tokens);
+    for (int r = 0; r < lr.num_rows; ++r) logits_rows.push_back(row0 + lr.first_row + r);
+  }
+  LLMCORE_CHECK(static_cast<int>(token_ids.size()) == num_tokens);
+
+  if (!out.block_copies.empty()) {
+    std::vector<std::pair<int, int>> pairs;
+    for (const BlockCopy& c : out.block_copies) pairs.emplace_back(c.src, c.dst);
+    backend_->copy_kv_blocks(kv_cache_, pairs);
+  }
+
+  ForwardInput in;
+  in.token_ids = to_device_i32(token_ids, {num_tokens});
+  in.positions = to_device_i32(positions, {num_tokens});
+  in.logits_indices = to_device_i32(logits_rows, {static_cast<int64_t>(logits_rows.size())});
+  in.attn.num_seqs = num_seqs;
+  in.attn.max_query_len = max_query_len;
+  in.attn.max_seq_len = max_seq_len;
+  in.attn.query_start_loc = to_device_i32(query_start_loc, {num_seqs + 1});
+  in.attn.seq_lens = to_device_i32(seq_lens, {num_seqs});
+  in.attn.block_tables = to_device_i32(block_tables, {num_seqs, static_cast<int64_t>(max_blocks)});
+  in.attn.slot_mapping = to_device_i32(slots, {num_tokens});
+
+  Tensor logits = model_->forward(in, kv_cache_);
+  if (logits.device() == Device::kCPU) return logits;
+  Tensor host = Tensor::empty(logits.shape(), DType::kF32);
+  backend_->copy(host, logits);
+  return host;
+}
+
+}  // namespace llmcore

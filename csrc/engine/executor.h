@@ -1,0 +1,60 @@
+// Executor: owns the device side of one rank (backend, model weights, KV cache) and runs a
+// SchedulerOutput: builds the step's input tensors on the host, copies them to the device, does
+// the copy-on-write block copies, runs the forward pass and returns the requested logits rows on
+// the host.
+#pragma once
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "backend/backend.h"
+#include "engine/scheduler.h"
+#include "model/model.h"
+
+namespace llmcore {
+
+// Which logits rows a scheduled sequence wants: rows of its chunk by offset within the chunk.
+struct LogitsRequest {
+  int first_row = 0;  // offset within the sequence's scheduled tokens
+  int num_rows = 0;
+};
+
+struct ExecutorConfig {
+  std::string model_dir;
+  std::string device = "cpu";
+  LoadFormat load_format = LoadFormat::kAuto;
+  uint64_t seed = 0;
+  int block_size = 16;
+  int num_blocks = 0;  // decided by the engine (from memory or an override)
+  int num_threads = 0; // CPU backend threads, 0 = all cores
+};
+
+class Executor {
+ public:
+  Executor(const ExecutorConfig& config, const ModelConfig& model_config);
+
+  // Bytes of KV cache one block takes across all layers (K and V).
+  static size_t kv_block_bytes(const ModelConfig& model_config, int block_size, DType dtype);
+  DType kv_dtype() const { return backend_->activation_dtype(); }
+
+  // Allocates the KV cache of num_blocks blocks.
+  void allocate_kv_cache(int num_blocks);
+
+  // Runs one step. logits_requests[i] belongs to out.scheduled[i]. Returns logits [L, V] float32
+  // on the host, the rows in the order requested.
+  Tensor execute(const SchedulerOutput& out, const std::vector<LogitsRequest>& logits_requests);
+
+  Backend& backend() { return *backend_; }
+
+ private:
+  Tensor to_device_i32(const std::vector<int32_t>& host, Shape shape);
+
+  ExecutorConfig config_;
+  ModelConfig model_config_;
+  std::unique_ptr<Backend> backend_;
+  std::unique_ptr<Model> model_;
+  KVCache kv_cache_;
+};
+
+}  // namespace llmcore

@@ -1,0 +1,615 @@
+#include "engine/llm_engine.h"
+
+#include <algorithm>
+#include <chrono>
+#include <filesystem>
+
+#include "core/error.h"
+
+namespace llmcore {
+
+namespace {
+
+double now_s() {
+  return std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
+}
+
+const char* reason_name(FinishReason r) {
+  switch (r) {
+    case FinishReason::kStop: return "stop";
+    case FinishReason::kLength: return "length";
+    case FinishReason::kAbort: return "abort";
+    case FinishReason::kNone: return "";
+  }
+  return "";
+}
+
+bool contains(const std::vector<int32_t>& v, int32_t x) { return std::find(v.begin(), v.end(), x) != v.end(); }
+
+}  // namespace
+
+struct LLMEngine::SeqState {
+  Sequence seq;
+  std::unique_ptr<IncrementalDetokenizer> detok;
+};
+
+struct LLMEngine::Request {
+  std::string id;
+  SamplingParams params;
+  int max_tokens = 0;                        // resolved: params.max_tokens or what max_model_len leaves
+  std::vector<std::unique_ptr<SeqState>> seqs;
+  bool forked = false;                       // n > 1 children created
+  int num_finished = 0;
+  int prompt_logprobs_next = 1;              // next prompt position whose logprobs are due
+  std::vector<PositionLogprobs> prompt_logprobs;
+  std::vector<int32_t> stop_masked_ids;      // eos ids masked while min_tokens is not reached
+  double arrival_time = 0, first_scheduled_time = 0, first_token_time = 0;
+};
+
+LLMEngine::LLMEngine(const EngineConfig& config) : config_(config), seed_rng_(config.seed) {
+  namespace fs = std::filesystem;
+  const bool dummy = config.load_format == "dummy";
+  LLMCORE_CHECK_ARG(dummy || config.load_format == "auto",
+                    "load_format must be 'auto' or 'dummy'; got '", config.load_format, "'");
+  LLMCORE_CHECK_ARG(fs::is_directory(config.model), "model must be a checkpoint directory; '",
+                    config.model, "' is not a directory");
+  LLMCORE_CHECK_ARG(fs::exists(fs::path(config.model) / "config.json"), "model directory '",
+                    config.model, "' has no config.json");
+  LLMCORE_CHECK_ARG(config.device == "cpu" || config.device == "cuda",
+                    "device must be 'cpu' or 'cuda'; got '", config.device, "'");
+  if (config.device == "cpu") {
+    LLMCORE_CHECK_ARG(config.dtype == "auto" || config.dtype == "float32" || config.dtype == "float",
+                      "device='cpu' computes in float32: dtype must be 'auto' or 'float32'; got '",
+                      config.dtype, "'");
+  }
+  LLMCORE_CHECK_ARG(config.block_size == 8 || config.block_size == 16 || config.block_size == 32,
+                    "block_size must be 8, 16 or 32; got ", config.block_size);
+  LLMCORE_CHECK_ARG(config.max_num_seqs >= 1, "max_num_seqs must be >= 1; got ", config.max_num_seqs);
+
+  model_config_ = ModelConfig::from_file((fs::path(config.model) / "config.json").string());
+  tokenizer_ = load_tokenizer(config.tokenizer.empty() ? config.model : config.tokenizer);
+
+  // Stop ids: the tokenizer's EOS and config.json's eos_token_id.
+  if (tokenizer_->eos_token_id() >= 0) eos_token_ids_.push_back(tokenizer_->eos_token_id());
+  for (int64_t id : model_config_.eos_token_ids) {
+    if (!contains(eos_token_ids_, static_cast<int32_t>(id))) eos_token_ids_.push_back(static_cast<int32_t>(id));
+  }
+
+  const int max_pos = static_cast<int>(model_config_.max_position_embeddings);
+  max_model_len_ = config.max_model_len > 0 ? config.max_model_len : max_pos;
+  LLMCORE_CHECK_ARG(max_model_len_ <= max_pos, "max_model_len (", max_model_len_,
+                    ") exceeds the model's max_position_embeddings (", max_pos, ")");
+  int max_batched = config.max_num_batched_tokens;
+  if (max_batched <= 0) max_batched = std::max(8192, config.enable_chunked_prefill ? 0 : max_model_len_);
+  LLMCORE_CHECK_ARG(config.enable_chunked_prefill || max_batched >= max_model_len_,
+                    "max_num_batched_tokens (", max_batched, ") must be >= max_model_len (",
+                    max_model_len_, ") when chunked prefill is disabled");
+
+  ExecutorConfig ec;
+  ec.model_dir = config.model;
+  ec.device = config.device;
+  ec.load_format = dummy ? LoadFormat::kDummy : LoadFormat::kAuto;
+  ec.seed = config.seed;
+  ec.block_size = config.block_size;
+  ec.num_threads = config.num_threads;
+  executor_ = std::make_unique<Executor>(ec, model_config_);
+
+  const int blocks_per_seq = (max_model_len_ + config.block_size - 1) / config.block_size;
+  int num_blocks = config.num_gpu_blocks_override;
+  if (num_blocks <= 0) {
+    const size_t block_bytes = Executor::kv_block_bytes(model_config_, config.block_size, executor_->kv_dtype());
+    const double budget = config.cpu_kv_cache_space_gib * (1ull << 30);
+    const double by_memory = budget / static_cast<double>(block_bytes);
+    // More than every seat holding a full-length sequence is never used.
+    const double useful = static_cast<double>(config.max_num_seqs) * (blocks_per_seq + 1);
+    num_blocks = static_cast<int>(std::min({by_memory, useful, 1e7}));
+  }
+  LLMCORE_CHECK_ARG(num_blocks >= blocks_per_seq, "the KV cache (", num_blocks, " blocks of ",
+                    config.block_size, " tokens) cannot hold one max_model_len (", max_model_len_,
+                    ") sequence; raise the cache size or lower max_model_len");
+  executor_->allocate_kv_cache(num_blocks);
+  block_manager_ = std::make_unique<BlockManager>(num_blocks, config.block_size, config.enable_prefix_caching);
+
+  SchedulerConfig sc;
+  sc.max_num_seqs = config.max_num_seqs;
+  sc.max_num_batched_tokens = max_batched;
+  sc.max_model_len = max_model_len_;
+  sc.enable_chunked_prefill = config.enable_chunked_prefill;
+  scheduler_ = std::make_unique<Scheduler>(sc, *block_manager_);
+
+  update_stats();
+  thread_ = std::thread([this] { loop(); });
+}
+
+LLMEngine::~LLMEngine() { shutdown(); }
+
+void LLMEngine::shutdown() {
+  {
+    std::lock_guard<std::mutex> lk(in_mu_);
+    stop_ = true;
+  }
+  in_cv_.notify_all();
+  if (thread_.joinable()) thread_.join();
+  out_cv_.notify_all();
+}
+
+std::string LLMEngine::error() const {
+  std::lock_guard<std::mutex> lk(stats_mu_);
+  return error_;
+}
+
+void LLMEngine::add_request(const std::string& request_id, std::vector<int32_t> prompt,
+                            const SamplingParams& params) {
+  const int64_t vocab = model_config_.vocab_size;
+  LLMCORE_CHECK_ARG(!prompt.empty(), "the prompt must not be empty (0 tokens)");
+  for (size_t i = 0; i < prompt.size(); ++i) {
+    LLMCORE_CHECK_ARG(prompt[i] >= 0 && prompt[i] < vocab, "prompt_token_ids[", i, "] = ", prompt[i],
+                      " is outside the vocabulary [0, ", vocab, ")");
+  }
+  params.validate(vocab);
+  const int prompt_len = static_cast<int>(prompt.size());
+  LLMCORE_CHECK_ARG(prompt_len < max_model_len_, "the prompt has ", prompt_len,
+                    " tokens, which leaves no room to generate within max_model_len (", max_model_len_, ")");
+  const int max_tokens = params.max_tokens ? *params.max_tokens : max_model_len_ - prompt_len;
+  LLMCORE_CHECK_ARG(prompt_len + max_tokens <= max_model_len_, "the prompt (", prompt_len,
+                    " tokens) plus max_tokens (", max_tokens, ") is ", prompt_len + max_tokens,
+                    " tokens, over max_model_len (", max_model_len_, ")");
+  LLMCORE_CHECK_ARG(params.min_tokens <= max_tokens, "min_tokens (", params.min_tokens,
+                    ") must be <= max_tokens (", max_tokens, ")");
+  // Worst case: the prompt's blocks shared by all n outputs, each output's own blocks plus a
+  // copied partial block.
+  const int n = params.n;
+  const int64_t need = n == 1 ? block_manager_->blocks_for_tokens(prompt_len + max_tokens)
+                              : block_manager_->blocks_for_tokens(prompt_len) +
+                                    static_cast<int64_t>(n) * (block_manager_->blocks_for_tokens(max_tokens) + 1);
+  LLMCORE_CHECK_ARG(need <= block_manager_->num_blocks(), "the request (", prompt_len, " prompt tokens, max_tokens ",
+                    max_tokens, ", n ", n, ") needs up to ", need, " KV cache blocks but the cache has only ",
+                    block_manager_->num_blocks());
+
+  auto req = std::make_unique<Request>();
+  req->id = request_id;
+  req->params = params;
+  req->max_tokens = max_tokens;
+  req->arrival_time = now_s();
+  if (!params.ignore_eos) req->stop_masked_ids = eos_token_ids_;
+  auto st = std::make_unique<SeqState>();
+  st->seq.token_ids = std::move(prompt);
+  st->seq.num_prompt_tokens = prompt_len;
+  req->seqs.push_back(std::move(st));
+  {
+    std::lock_guard<std::mutex> lk(in_mu_);
+    LLMCORE_CHECK_ARG(healthy_.load(), "the engine has stopped after an error: ", error_);
+    LLMCORE_CHECK_ARG(!stop_, "the engine is shut down");
+    LLMCORE_CHECK_ARG(live_ids_.insert(request_id).second, "request_id '", request_id, "' is already in use");
+    pending_.push_back(std::move(req));
+  }
+  in_cv_.notify_one();
+}
+
+void LLMEngine::abort_request(const std::string& request_id) {
+  {
+    std::lock_guard<std::mutex> lk(in_mu_);
+    if (!live_ids_.count(request_id)) return;
+    pending_aborts_.push_back(request_id);
+  }
+  in_cv_.notify_one();
+}
+
+std::vector<RequestDelta> LLMEngine::get_outputs(double timeout_s) {
+  std::unique_lock<std::mutex> lk(out_mu_);
+  auto ready = [&] { return !outputs_.empty() || !healthy_.load(); };
+  if (timeout_s < 0) {
+    out_cv_.wait(lk, ready);
+  } else {
+    out_cv_.wait_for(lk, std::chrono::duration<double>(timeout_s), ready);
+  }
+  std::vector<RequestDelta> out(std::make_move_iterator(outputs_.begin()), std::make_move_iterator(outputs_.end()));
+  outputs_.clear();
+  return out;
+}
+
+bool LLMEngine::has_unfinished_requests() const {
+  std::lock_guard<std::mutex> lk(in_mu_);
+  return !live_ids_.empty();
+}
+
+EngineStats LLMEngine::get_stats() const {
+  std::lock_guard<std::mutex> lk(stats_mu_);
+  return stats_;
+}
+
+void LLMEngine::update_stats() {
+  EngineStats s = counters_;
+  s.num_running = scheduler_->num_running();
+  s.num_waiting = scheduler_->num_waiting();
+  s.num_total_blocks = block_manager_->num_blocks();
+  s.num_free_blocks = block_manager_->num_free_blocks();
+  s.kv_cache_usage = block_manager_->usage();
+  s.num_preemptions = scheduler_->num_preemptions();
+  s.prefix_cache_queries = block_manager_->prefix_cache_queries();
+  s.prefix_cache_hits = block_manager_->prefix_cache_hits();
+  std::lock_guard<std::mutex> lk(stats_mu_);
+  stats_ = s;
+}
+
+void LLMEngine::publish(std::vector<RequestDelta> deltas) {
+  if (deltas.empty()) return;
+  {
+    std::lock_guard<std::mutex> lk(out_mu_);
+    for (RequestDelta& d : deltas) outputs_.push_back(std::move(d));
+  }
+  out_cv_.notify_all();
+}
+
+void LLMEngine::loop() {
+  while (true) {
+    std::deque<std::unique_ptr<Request>> adds;
+    std::vector<std::string> aborts;
+    {
+      std::unique_lock<std::mutex> lk(in_mu_);
+      in_cv_.wait(lk, [&] {
+        return stop_ || !pending_.empty() || !pending_aborts_.empty() || scheduler_->has_unfinished();
+      });
+      if (stop_) break;
+      adds.swap(pending_);
+      aborts.swap(pending_aborts_);
+    }
+    try {
+      for (auto& r : adds) admit(std::move(r));
+      for (const std::string& id : aborts) abort_now(id);
+      if (scheduler_->has_unfinished()) step();
+    } catch (const std::exception& e) {
+      // A broken invariant: fail every live request and stop serving rather than risk
+      // corrupted KV state.
+      std::vector<Request*> all;
+      for (auto& kv : requests_) all.push_back(kv.second.get());
+      {
+        std::lock_guard<std::mutex> lk(stats_mu_);
+        error_ = e.what();
+      }
+      healthy_.store(false);
+      ready_.clear();
+      update_stats();
+      fail_requests(all, e.what());
+      out_cv_.notify_all();
+      break;
+    }
+    // Stats first, so a caller that sees a request finish also sees its blocks freed.
+    update_stats();
+    publish(std::move(ready_));
+    ready_.clear();
+  }
+}
+
+void LLMEngine::seed_sequence(Request& req, Sequence& seq) {
+  if (req.params.seed) {
+    const uint64_t s = static_cast<uint64_t>(*req.params.seed);
+    std::seed_seq ss{static_cast<uint32_t>(s), static_cast<uint32_t>(s >> 32), static_cast<uint32_t>(seq.index)};
+    seq.rng.seed(ss);
+  } else {
+    seq.rng.seed(seed_rng_());
+  }
+}
+
+void LLMEngine::admit(std::unique_ptr<Request> req) {
+  Request& r = *req;
+  SeqState& st = *r.seqs[0];
+  st.seq.seq_id = next_seq_id_++;
+  st.seq.index = 0;
+  st.seq.params = &r.params;
+  st.seq.use_prefix_cache = !r.params.prompt_logprobs.has_value();
+  seed_sequence(r, st.seq);
+  if (r.params.detokenize) {
+    st.detok = std::make_unique<IncrementalDetokenizer>(*tokenizer_, st.seq.token_ids, r.params.skip_special_tokens,
+                                                        r.params.stop, r.params.include_stop_str_in_output);
+  }
+  counters_.num_prompt_tokens += st.seq.num_prompt_tokens;
+  seq_index_[&st.seq] = {&r, &st};
+  scheduler_->add(&st.seq);
+  requests_[r.id] = std::move(req);
+}
+
+RequestDelta& LLMEngine::delta_for(std::unordered_map<Request*, RequestDelta>& deltas, Request& req) {
+  auto it = deltas.find(&req);
+  if (it != deltas.end()) return it->second;
+  RequestDelta& d = deltas[&req];
+  d.request_id = req.id;
+  d.arrival_time = req.arrival_time;
+  return d;
+}
+
+PositionLogprobs LLMEngine::make_position(const TokenLogprob& chosen, const std::vector<TokenLogprob>& top) const {
+  PositionLogprobs p;
+  p.entries.push_back(chosen);
+  for (const TokenLogprob& t : top) {
+    if (t.token_id != chosen.token_id) p.entries.push_back(t);
+  }
+  for (const TokenLogprob& t : p.entries) p.decoded.push_back(tokenizer_->decode({t.token_id}, false));
+  return p;
+}
+
+static SequenceDelta& seq_delta(RequestDelta& d, int index) {
+  for (SequenceDelta& s : d.seqs) {
+    if (s.index == index) return s;
+  }
+  d.seqs.emplace_back();
+  d.seqs.back().index = index;
+  return d.seqs.back();
+}
+
+void LLMEngine::finish_seq(Request& req, SeqState& st, FinishReason reason) {
+  Sequence& seq = st.seq;
+  if (seq.finished()) return;
+  scheduler_->finish(&seq);
+  seq.finish_reason = reason;
+  ++req.num_finished;
+}
+
+void LLMEngine::append_token(Request& req, SeqState& st, const SampleResult& r, RequestDelta& delta) {
+  Sequence& seq = st.seq;
+  const SamplingParams& p = req.params;
+  const int32_t tok = r.token_id;
+  seq.token_ids.push_back(tok);
+  seq.cumulative_logprob += r.chosen.logprob;
+  ++counters_.num_generation_tokens;
+
+  SequenceDelta& sd = seq_delta(delta, seq.index);
+  sd.token_ids.push_back(tok);
+  if (p.logprobs) sd.logprobs.push_back(make_position(r.chosen, r.top));
+
+  const int num_out = seq.num_output_tokens();
+  const bool stops_armed = num_out >= p.min_tokens;  // min_tokens suppresses every stop but length
+  FinishReason reason = FinishReason::kNone;
+  if (stops_armed && !p.ignore_eos && contains(eos_token_ids_, tok)) {
+    reason = FinishReason::kStop;
+  } else if (stops_armed && contains(p.stop_token_ids, tok)) {
+    reason = FinishReason::kStop;
+    sd.stop_token = tok;
+  }
+  // A stop token's own text is left out unless include_stop_str_in_output (as vLLM does).
+  IncrementalDetokenizer::Update upd;
+  if (st.detok && (reason == FinishReason::kNone || p.include_stop_str_in_output)) {
+    upd = st.detok->append(tok, stops_armed && reason == FinishReason::kNone);
+    sd.text += upd.text_delta;
+    if (upd.stopped) {
+      reason = FinishReason::kStop;
+      sd.stop_str = upd.stop_str;
+      sd.has_stop_str = true;
+    }
+  }
+  if (reason == FinishReason::kNone && (num_out >= req.max_tokens || seq.num_tokens() >= max_model_len_)) {
+    reason = FinishReason::kLength;
+  }
+  if (reason != FinishReason::kNone) {
+    if (st.detok && !upd.stopped) sd.text += st.detok->flush();
+    finish_seq(req, st, reason);
+    sd.finished = true;
+    sd.finish_reason = reason_name(reason);
+  }
+  sd.cumulative_logprob = seq.cumulative_logprob;
+}
+
+void LLMEngine::step() {
+  SchedulerOutput out = scheduler_->schedule();
+  LLMCORE_CHECK(!out.empty(), "the scheduler made no progress with ", scheduler_->num_running(),
+                " running and ", scheduler_->num_waiting(), " waiting sequences");
+  ++counters_.num_steps;
+  const double t_sched = now_s();
+
+  // Which logits rows each scheduled sequence needs: prompt positions whose next-token
+  // logprobs are due, and the last row when it samples.
+  std::vector<LogitsRequest> lrs(out.scheduled.size());
+  std::vector<int> prompt_rows(out.scheduled.size(), 0);
+  for (size_t i = 0; i < out.scheduled.size(); ++i) {
+    const ScheduledSequence& ss = out.scheduled[i];
+    const Sequence& seq = *ss.seq;
+    Request& req = *seq_index_.at(&seq).first;
+    if (req.first_scheduled_time == 0) req.first_scheduled_time = t_sched;
+    const int start = seq.num_computed_tokens;
+    const int end = start + ss.num_tokens;
+    if (req.params.prompt_logprobs && seq.index == 0 && req.prompt_logprobs_next < seq.num_prompt_tokens) {
+      const int prompt_end = std::max(start, std::min(end, seq.num_prompt_tokens - 1));
+      prompt_rows[i] = prompt_end - start;
+      lrs[i] = {0, prompt_rows[i] + (ss.sample ? 1 : 0)};
+      LLMCORE_CHECK(!ss.sample || prompt_end == end - 1 || prompt_rows[i] == 0);
+      if (ss.sample && prompt_rows[i] == 0) lrs[i] = {ss.num_tokens - 1, 1};
+    } else if (ss.sample) {
+      lrs[i] = {ss.num_tokens - 1, 1};
+    }
+  }
+
+  const Tensor logits = executor_->execute(out, lrs);
+  const int vocab = static_cast<int>(logits.dim(1));
+  const float* rows = logits.data_as<float>();
+  scheduler_->update(out);
+
+  std::unordered_map<Request*, RequestDelta> deltas;
+  std::vector<Request*> order;
+  std::vector<SampleRequest> sample_rows;
+  std::vector<std::pair<Request*, SeqState*>> sample_owners;
+  int row = 0;
+  for (size_t i = 0; i < out.scheduled.size(); ++i) {
+    const ScheduledSequence& ss = out.scheduled[i];
+    Sequence& seq = *ss.seq;
+    auto [req_ptr, st_ptr] = seq_index_.at(&seq);
+    Request& req = *req_ptr;
+    if (!deltas.count(&req)) order.push_back(&req);
+    RequestDelta& delta = delta_for(deltas, req);
+    delta.first_scheduled_time = req.first_scheduled_time;
+    if (seq.num_cached_tokens > 0 && seq.index == 0) delta.num_cached_tokens = seq.num_cached_tokens;
+
+    // Prompt logprobs: logits at position p score prompt token p + 1.
+    const int start = seq.num_computed_tokens - ss.num_tokens;
+    for (int r = 0; r < prompt_rows[i]; ++r) {
+      const int pos = start + r + 1;
+      if (pos < req.prompt_logprobs_next) continue;
+      TokenLogprob chosen;
+      std::vector<TokenLogprob> top;
+      raw_logprobs(rows + static_cast<size_t>(row + r) * vocab, vocab, seq.token_ids[pos],
+                   *req.params.prompt_logprobs, &chosen, &top);
+      if (req.prompt_logprobs.empty()) req.prompt_logprobs.emplace_back();  // position 0: None
+      req.prompt_logprobs.push_back(make_position(chosen, top));
+      req.prompt_logprobs_next = pos + 1;
+    }
+    if (req.params.prompt_logprobs && seq.index == 0 && ss.sample && !delta.has_prompt_logprobs &&
+        seq.num_output_tokens() == 0) {
+      if (req.prompt_logprobs.empty()) req.prompt_logprobs.emplace_back();
+      req.prompt_logprobs_next = seq.num_prompt_tokens;
+      delta.prompt_logprobs = req.prompt_logprobs;
+      delta.has_prompt_logprobs = true;
+    }
+    row += lrs[i].num_rows;
+    if (!ss.sample) continue;
+
+    const float* sample_row = rows + static_cast<size_t>(row - 1) * vocab;
+    std::vector<SeqState*> samplers = {st_ptr};
+    if (req.params.n > 1 && !req.forked) {
+      // Parallel sampling: the prompt was computed once; the other n - 1 outputs share its
+      // blocks (copy-on-write) and sample from the same logits with their own generators.
+      req.forked = true;
+      for (int k = 1; k < req.params.n; ++k) {
+        auto child = std::make_unique<SeqState>();
+        Sequence& c = child->seq;
+        c.seq_id = next_seq_id_++;
+        c.index = k;
+        c.params = &req.params;
+        c.token_ids = seq.token_ids;
+        c.num_prompt_tokens = seq.num_prompt_tokens;
+        c.num_computed_tokens = seq.num_computed_tokens;
+        c.num_cached_tokens = seq.num_cached_tokens;
+        c.use_prefix_cache = seq.use_prefix_cache;
+        seed_sequence(req, c);
+        if (req.params.detokenize) {
+          child->detok = std::make_unique<IncrementalDetokenizer>(
+              *tokenizer_, c.token_ids, req.params.skip_special_tokens, req.params.stop,
+              req.params.include_stop_str_in_output);
+        }
+        block_manager_->fork(seq, c);
+        scheduler_->add_running(&c);
+        seq_index_[&c] = {&req, child.get()};
+        samplers.push_back(child.get());
+        req.seqs.push_back(std::move(child));
+      }
+    }
+    for (SeqState* s : samplers) {
+      SampleRequest sr;
+      sr.logits = sample_row;
+      sr.params = &req.params;
+      sr.token_ids = &s->seq.token_ids;
+      sr.num_prompt_tokens = s->seq.num_prompt_tokens;
+      sr.rng = &s->seq.rng;
+      sr.eos_token_ids = &req.stop_masked_ids;
+      sr.num_logprobs = req.params.logprobs ? *req.params.logprobs : -1;
+      sample_rows.push_back(sr);
+      sample_owners.emplace_back(&req, s);
+    }
+  }
+
+  const std::vector<SampleResult> results = sample(sample_rows, vocab);
+  const double t_done = now_s();
+  std::vector<std::string> finished_ids;
+  for (size_t i = 0; i < results.size(); ++i) {
+    auto [req, st] = sample_owners[i];
+    if (req->first_token_time == 0) req->first_token_time = t_done;
+    RequestDelta& delta = delta_for(deltas, *req);
+    delta.first_token_time = req->first_token_time;
+    append_token(*req, *st, results[i], delta);
+  }
+
+  std::vector<RequestDelta> ready;
+  for (Request* req : order) {
+    RequestDelta& d = deltas.at(req);
+    if (req->num_finished == static_cast<int>(req->seqs.size()) && (req->forked || req->params.n == 1)) {
+      d.finished = true;
+      d.finished_time = t_done;
+      finished_ids.push_back(req->id);
+      ++counters_.num_requests_finished;
+    }
+    if (!d.seqs.empty() || d.has_prompt_logprobs || d.finished) ready.push_back(std::move(d));
+  }
+  for (const std::string& id : finished_ids) {
+    auto it = requests_.find(id);
+    for (auto& s : it->second->seqs) seq_index_.erase(&s->seq);
+    requests_.erase(it);
+  }
+  if (!finished_ids.empty()) {
+    std::lock_guard<std::mutex> lk(in_mu_);
+    for (const std::string& id : finished_ids) live_ids_.erase(id);
+  }
+  for (RequestDelta& d : ready) ready_.push_back(std::move(d));
+}
+
+void LLMEngine::abort_now(const std::string& request_id) {
+  auto it = requests_.find(request_id);
+  if (it == requests_.end()) return;
+  Request& req = *it->second;
+  RequestDelta d;
+  d.request_id = req.id;
+  d.arrival_time = req.arrival_time;
+  d.first_scheduled_time = req.first_scheduled_time;
+  d.first_token_time = req.first_token_time;
+  for (auto& st : req.seqs) {
+    if (st->seq.finished()) continue;
+    finish_seq(req, *st, FinishReason::kAbort);
+    SequenceDelta& sd = seq_delta(d, st->seq.index);
+    if (st->detok) sd.text = st->detok->flush();
+    sd.finished = true;
+    sd.finish_reason = "abort";
+    sd.cumulative_logprob = st->seq.cumulative_logprob;
+  }
+  d.finished = true;
+  d.finished_time = now_s();
+  ++counters_.num_requests_finished;
+  for (auto& s : req.seqs) seq_index_.erase(&s->seq);
+  requests_.erase(it);
+  {
+    std::lock_guard<std::mutex> lk(in_mu_);
+    live_ids_.erase(request_id);
+  }
+  ready_.push_back(std::move(d));
+}
+
+void LLMEngine::fail_requests(const std::vector<Request*>& reqs, const std::string& message) {
+  std::vector<RequestDelta> out;
+  std::vector<std::string> ids;
+  for (Request* req : reqs) {
+    RequestDelta d;
+    d.request_id = req->id;
+    d.error = message;
+    d.finished = true;
+    d.finished_time = now_s();
+    for (auto& st : req->seqs) {
+      if (!st->seq.finished()) {
+        try {
+          finish_seq(*req, *st, FinishReason::kAbort);
+        } catch (const std::exception&) {
+          // The engine is stopping; the request is reported failed either way.
+        }
+      }
+    }
+    ids.push_back(req->id);
+    out.push_back(std::move(d));
+  }
+  for (const std::string& id : ids) {
+    auto it = requests_.find(id);
+    if (it == requests_.end()) continue;
+    for (auto& s : it->second->seqs) seq_index_.erase(&s->seq);
+    requests_.erase(it);
+  }
+  {
+    std::lock_guard<std::mutex> lk(in_mu_);
+    for (const std::string& id : ids) live_ids_.erase(id);
+    for (auto& r : pending_) {
+      RequestDelta d;
+      d.request_id = r->id;
+      d.error = message;
+      d.finished = true;
+      out.push_back(std::move(d));
+      live_ids_.erase(r->id);
+    }
+    pending_.clear();
+  }
+  publish(std::move(out));
+}
+
+}  // namespace llmcore

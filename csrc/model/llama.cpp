@@ -1,0 +1,287 @@
+#include "model/llama.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <map>
+#include <random>
+
+#include "core/error.h"
+#include "model/rope.h"
+#include "model/safetensors.h"
+
+namespace llmcore {
+
+namespace {
+
+std::string layer_prefix(int64_t layer) { return str_cat("model.layers.", layer, "."); }
+
+bool ends_with(const std::string& s, const std::string& suffix) {
+  return s.size() >= suffix.size() &&
+         s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
+}
+
+bool is_float_dtype(DType t) { return t == DType::kF32 || t == DType::kF16 || t == DType::kBF16; }
+
+// splitmix64 finalizer: turns (seed, name, chunk) into well-spread mt19937_64 seeds.
+uint64_t mix64(uint64_t x) {
+  x += 0x9e3779b97f4a7c15ull;
+  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
+  x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
+  return x ^ (x >> 31);
+}
+
+uint64_t fnv1a(const std::string& s) {
+  uint64_t h = 0xcbf29ce484222325ull;
+  for (unsigned char ch : s) h = (h ^ ch) * 0x100000001b3ull;
+  return h;
+}
+
+float element_as_float(const Tensor& t, int64_t i) {
+  switch (t.dtype()) {
+    case DType::kF32:
+      return t.data_as<const float>()[i];
+    case DType::kF16:
+      return fp16_to_float(t.data_as<const uint16_t>()[i]);
+    case DType::kBF16:
+      return bf16_to_float(t.data_as<const uint16_t>()[i]);
+    default:
+      break;
+  }
+  LLMCORE_CHECK(false, "not a float dtype: ", dtype_name(t.dtype()));
+  return 0.0f;
+}
+
+// Stacks host tensors along dim 0 ([r_i, ...] -> [sum r_i, ...]) in their common dtype, or in
+// float32 when a checkpoint mixes dtypes between the parts.
+Tensor concat_rows(const std::vector<Tensor>& parts) {
+  const DType dtype = parts[0].dtype();
+  bool same_dtype = true;
+  int64_t rows = 0;
+  for (const Tensor& p : parts) {
+    same_dtype = same_dtype && p.dtype() == dtype;
+    rows += p.dim(0);
+  }
+  Shape shape = parts[0].shape();
+  shape[0] = rows;
+  Tensor out = Tensor::empty(shape, same_dtype ? dtype : DType::kF32);
+  char* dst = static_cast<char*>(out.data());
+  for (const Tensor& p : parts) {
+    if (same_dtype) {
+      std::memcpy(dst, p.data(), p.nbytes());
+      dst += p.nbytes();
+      continue;
+    }
+    float* f = reinterpret_cast<float*>(dst);
+    for (int64_t i = 0; i < p.numel(); ++i) f[i] = element_as_float(p, i);
+    dst += p.numel() * sizeof(float);
+  }
+  return out;
+}
+
+}  // namespace
+
+std::vector<WeightSpec> llama_weight_specs(const ModelConfig& c) {
+  const int64_t hd = c.hidden_size;
+  const int64_t q_rows = c.num_attention_heads * c.head_dim;
+  const int64_t kv_rows = c.num_key_value_heads * c.head_dim;
+  const int64_t inter = c.intermediate_size;
+  std::vector<WeightSpec> specs;
+  specs.push_back({"model.embed_tokens.weight", {c.vocab_size, hd}});
+  for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
+    const std::string p = layer_prefix(l);
+    const std::string attn = p + "self_attn.";
+    const std::string mlp = p + "mlp.";
+    specs.push_back({p + "input_layernorm.weight", {hd}});
+    specs.push_back({attn + "q_proj.weight", {q_rows, hd}});
+    specs.push_back({attn + "k_proj.weight", {kv_rows, hd}});
+    specs.push_back({attn + "v_proj.weight", {kv_rows, hd}});
+    if (c.qkv_bias) {
+      specs.push_back({attn + "q_proj.bias", {q_rows}});
+      specs.push_back({attn + "k_proj.bias", {kv_rows}});
+      specs.push_back({attn + "v_proj.bias", {kv_rows}});
+    }
+    specs.push_back({attn + "o_proj.weight", {hd, q_rows}});
+    if (c.o_bias) specs.push_back({attn + "o_proj.bias", {hd}});
+    specs.push_back({p + "post_attention_layernorm.weight", {hd}});
+    specs.push_back({mlp + "gate_proj.weight", {inter, hd}});
+    specs.push_back({mlp + "up_proj.weight", {inter, hd}});
+    specs.push_back({mlp + "down_proj.weight", {hd, inter}});
+    if (c.mlp_bias) {
+      specs.push_back({mlp + "gate_proj.bias", {inter}});
+      specs.push_back({mlp + "up_proj.bias", {inter}});
+      specs.push_back({mlp + "down_proj.bias", {hd}});
+    }
+  }
+  specs.push_back({"model.norm.weight", {hd}});
+  if (!c.tie_word_embeddings) specs.push_back({"lm_head.weight", {c.vocab_size, hd}});
+  return specs;
+}
+
+Tensor dummy_weight(const std::string& name, const Shape& shape, uint64_t seed) {
+  Tensor t = Tensor::empty(shape, DType::kF32);
+  float* data = t.data_as<float>();
+  const int64_t n = t.numel();
+  if (ends_with(name, "norm.weight")) {
+    for (int64_t i = 0; i < n; ++i) data[i] = 1.0f;
+    return t;
+  }
+  // Uniform on [-a, a] has std a / sqrt(3).
+  const double a = 0.02 * std::sqrt(3.0);
+  const uint64_t stream = mix64(seed ^ mix64(fnv1a(name)));
+  constexpr int64_t kChunk = 1 << 16;
+  const int64_t num_chunks = (n + kChunk - 1) / kChunk;
+#pragma omp parallel for schedule(static)
+  for (int64_t chunk = 0; chunk < num_chunks; ++chunk) {
+    std::mt19937_64 gen(mix64(stream + static_cast<uint64_t>(chunk)));
+    const int64_t end = std::min(n, (chunk + 1) * kChunk);
+    for (int64_t i = chunk * kChunk; i < end; ++i) {
+      const double u = static_cast<double>(gen() >> 11) * 0x1.0p-53;  // [0, 1)
+      data[i] = static_cast<float>((2.0 * u - 1.0) * a);
+    }
+  }
+  return t;
+}
+
+LlamaModel::LlamaModel(const ModelConfig& config, const std::string& dir, Backend& backend,
+                       LoadFormat load_format, uint64_t seed)
+    : config_(config), backend_(backend) {
+  LLMCORE_CHECK_ARG(config.head_dim > 0 && config.num_key_value_heads > 0 &&
+                        config.num_attention_heads % config.num_key_value_heads == 0,
+                    "model config: num_attention_heads (", config.num_attention_heads,
+                    ") must be a multiple of num_key_value_heads (", config.num_key_value_heads,
+                    ") and head_dim (", config.head_dim, ") >= 1");
+  attn_shape_.num_heads = static_cast<int>(config.num_attention_heads);
+  attn_shape_.num_kv_heads = static_cast<int>(config.num_key_value_heads);
+  attn_shape_.head_dim = static_cast<int>(config.head_dim);
+
+  if (load_format == LoadFormat::kDummy) {
+    load([seed](const WeightSpec& spec) { return dummy_weight(spec.name, spec.shape, seed); });
+  } else {
+    const WeightStore store = WeightStore::open(dir);
+    // Check everything before uploading anything: a bad checkpoint fails fast and names the
+    // first offending tensor.
+    for (const WeightSpec& spec : llama_weight_specs(config_)) {
+      LLMCORE_CHECK_ARG(store.has(spec.name), "checkpoint '", dir, "' is missing tensor '",
+                        spec.name, "' (expected shape ", shape_str(spec.shape), ")");
+      const Tensor t = store.get(spec.name);
+      LLMCORE_CHECK_ARG(t.shape() == spec.shape, "checkpoint '", dir, "': tensor '", spec.name,
+                        "' has shape ", shape_str(t.shape()), ", expected ", shape_str(spec.shape));
+      LLMCORE_CHECK_ARG(is_float_dtype(t.dtype()), "checkpoint '", dir, "': tensor '", spec.name,
+                        "' has dtype ", dtype_name(t.dtype()),
+                        ", expected float32, float16 or bfloat16");
+    }
+    load([&store](const WeightSpec& spec) { return store.get(spec.name); });
+  }
+
+  // Positions index the table directly, so it covers every position the model was built for.
+  const Tensor host_cos_sin = build_rope_cos_sin(config_, config_.max_position_embeddings);
+  cos_sin_ = backend_.empty(host_cos_sin.shape(), DType::kF32);
+  backend_.copy(cos_sin_, host_cos_sin);
+}
+
+void LlamaModel::load(const std::function<Tensor(const WeightSpec&)>& fetch) {
+  // Shapes come from the specs, so `fetch` results are already checked against them.
+  std::map<std::string, Shape> shapes;
+  for (const WeightSpec& spec : llama_weight_specs(config_)) shapes[spec.name] = spec.shape;
+  auto host = [&](const std::string& name) {
+    auto it = shapes.find(name);
+    LLMCORE_CHECK(it != shapes.end(), "no spec for ", name);
+    return fetch(WeightSpec{name, it->second});
+  };
+  auto upload = [&](const std::string& name) { return backend_.load_weight(host(name)); };
+  auto upload_fused = [&](const std::vector<std::string>& names) {
+    std::vector<Tensor> parts;
+    for (const std::string& n : names) parts.push_back(host(n));
+    return backend_.load_weight(concat_rows(parts));
+  };
+
+  embed_tokens_ = upload("model.embed_tokens.weight");
+  layers_.resize(static_cast<size_t>(config_.num_hidden_layers));
+  for (int64_t l = 0; l < config_.num_hidden_layers; ++l) {
+    Layer& layer = layers_[static_cast<size_t>(l)];
+    const std::string attn = layer_prefix(l) + "self_attn.";
+    const std::string mlp = layer_prefix(l) + "mlp.";
+    layer.input_layernorm = upload(layer_prefix(l) + "input_layernorm.weight");
+    layer.qkv_proj =
+        upload_fused({attn + "q_proj.weight", attn + "k_proj.weight", attn + "v_proj.weight"});
+    if (config_.qkv_bias) {
+      layer.qkv_bias =
+          upload_fused({attn + "q_proj.bias", attn + "k_proj.bias", attn + "v_proj.bias"});
+    }
+    layer.o_proj = upload(attn + "o_proj.weight");
+    if (config_.o_bias) layer.o_bias = upload(attn + "o_proj.bias");
+    layer.post_attention_layernorm = upload(layer_prefix(l) + "post_attention_layernorm.weight");
+    layer.gate_up_proj = upload_fused({mlp + "gate_proj.weight", mlp + "up_proj.weight"});
+    layer.down_proj = upload(mlp + "down_proj.weight");
+    if (config_.mlp_bias) {
+      layer.gate_up_bias = upload_fused({mlp + "gate_proj.bias", mlp + "up_proj.bias"});
+      layer.down_bias = upload(mlp + "down_proj.bias");
+    }
+  }
+  norm_ = upload("model.norm.weight");
+  lm_head_ = config_.tie_word_embeddings ? embed_tokens_ : upload("lm_head.weight");
+}
+
+Tensor LlamaModel::forward(const ForwardInput& input, KVCache& kv_cache) {
+  const int64_t num_tokens = input.token_ids.numel();
+  const int64_t num_logits = input.logits_indices.numel();
+  LLMCORE_CHECK(input.token_ids.ndim() == 1 && num_tokens > 0, "token_ids ",
+                shape_str(input.token_ids.shape()));
+  LLMCORE_CHECK(input.positions.shape() == input.token_ids.shape(), "positions ",
+                shape_str(input.positions.shape()), " vs token_ids ",
+                shape_str(input.token_ids.shape()));
+  LLMCORE_CHECK(input.logits_indices.ndim() == 1, "logits_indices ",
+                shape_str(input.logits_indices.shape()));
+  LLMCORE_CHECK(kv_cache.k.size() == layers_.size() && kv_cache.v.size() == layers_.size(),
+                "kv cache has ", kv_cache.k.size(), "/", kv_cache.v.size(), " layers, model has ",
+                layers_.size());
+
+  const DType act = backend_.activation_dtype();
+  const int64_t hd = config_.hidden_size;
+  const float eps = static_cast<float>(config_.rms_norm_eps);
+  const float scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(config_.head_dim)));
+  const int sliding_window = static_cast<int>(config_.sliding_window);
+
+  // vLLM-style residual stream: `residual` carries the running sum, `h` the normalized input of
+  // the next sub-block; add_rms_norm fuses "residual += h; h = norm(residual)".
+  Tensor residual = backend_.empty({num_tokens, hd}, act);                  // [T, Hd]
+  Tensor h = backend_.empty({num_tokens, hd}, act);                         // [T, Hd]
+  Tensor qkv = backend_.empty({num_tokens, attn_shape_.qkv_width()}, act);  // [T, (Hq+2Hkv)*D]
+  const int64_t q_width = config_.num_attention_heads * config_.head_dim;
+  Tensor attn = backend_.empty({num_tokens, q_width}, act);                           // [T, Hq*D]
+  Tensor gate_up = backend_.empty({num_tokens, 2 * config_.intermediate_size}, act);  // [T, 2I]
+  Tensor mlp_act = backend_.empty({num_tokens, config_.intermediate_size}, act);      // [T, I]
+
+  auto bias = [](const Tensor& b) { return b.defined() ? &b : nullptr; };
+
+  backend_.embedding(residual, input.token_ids, embed_tokens_);
+  backend_.rms_norm(h, residual, layers_[0].input_layernorm, eps);
+  for (size_t l = 0; l < layers_.size(); ++l) {
+    const Layer& layer = layers_[l];
+    backend_.linear(qkv, h, layer.qkv_proj, bias(layer.qkv_bias));
+    backend_.rotary_embedding(qkv, input.positions, cos_sin_, attn_shape_);
+    // The cache must hold this step's k/v before attention reads the context from it.
+    backend_.write_kv_cache(qkv, kv_cache.k[l], kv_cache.v[l], input.attn.slot_mapping,
+                            attn_shape_);
+    backend_.paged_attention(attn, qkv, kv_cache.k[l], kv_cache.v[l], input.attn, attn_shape_,
+                             scale, sliding_window);
+    backend_.linear(h, attn, layer.o_proj, bias(layer.o_bias));
+    backend_.add_rms_norm(h, residual, layer.post_attention_layernorm, eps);
+
+    backend_.linear(gate_up, h, layer.gate_up_proj, bias(layer.gate_up_bias));
+    backend_.silu_and_mul(mlp_act, gate_up);
+    backend_.linear(h, mlp_act, layer.down_proj, bias(layer.down_bias));
+    const Tensor& next_norm = l + 1 < layers_.size() ? layers_[l + 1].input_layernorm : norm_;
+    backend_.add_rms_norm(h, residual, next_norm, eps);
+  }
+
+  Tensor logits = backend_.empty({num_logits, config_.vocab_size}, DType::kF32);  // [L, V]
+  if (num_logits == 0) return logits;                   // a step that only fills the cache
+  Tensor rows = backend_.empty({num_logits, hd}, act);  // [L, Hd]
+  backend_.gather_rows(rows, h, input.logits_indices);
+  backend_.linear(logits, rows, lm_head_, nullptr);
+  return logits;
+}
+
+}  // namespace llmcore

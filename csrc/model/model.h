@@ -1,0 +1,38 @@
+// A decoder-only model over a Backend: weights in the backend's memory and a forward pass over
+// one scheduled step (any mix of prefill chunks and decode tokens).
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "backend/backend.h"
+#include "model/config.h"
+
+namespace llmcore {
+
+struct ForwardInput {
+  Tensor token_ids;       // [T] int32, on the device
+  Tensor positions;       // [T] int32, on the device
+  AttentionMetadata attn;
+  Tensor logits_indices;  // [L] int32, on the device: rows of the step whose logits are wanted
+};
+
+class Model {
+ public:
+  virtual ~Model() = default;
+  virtual const ModelConfig& config() const = 0;
+  // Runs one step; fills the cache slots of the step's tokens. Returns logits [L, V] float32 on
+  // the backend's device.
+  virtual Tensor forward(const ForwardInput& input, KVCache& kv_cache) = 0;
+};
+
+enum class LoadFormat { kAuto, kDummy };
+
+// Builds the model for config.architecture. kAuto reads safetensors from `dir` (throwing
+// ValueError naming any missing or mis-shaped tensor); kDummy draws random weights of the
+// configured shapes from `seed`.
+std::unique_ptr<Model> create_model(const ModelConfig& config, const std::string& dir,
+                                    Backend& backend, LoadFormat load_format, uint64_t seed);
+
+}  // namespace llmcore
