@@ -10,6 +10,7 @@
 #include "core/error.h"
 #include "engine/llm_engine.h"
 #include "engine/sampling_params.h"
+#include "bindings/bindings.h"
 
 namespace py = pybind11;
 using namespace llmcore;
@@ -229,19 +230,7 @@ Invalid values raise ValueError naming the field.)doc")
       .def_property_readonly("vocab_size", [](const LLMEngine& e) { return e.model_config().vocab_size; })
       .def_property_readonly("eos_token_ids", &LLMEngine::eos_token_ids)
       .def_property_readonly("architecture", [](const LLMEngine& e) { return e.model_config().architecture; })
-      // Tokenizer
-      .def("encode", [](const LLMEngine& e, const std::string& text, bool add_special_tokens) {
-             return e.tokenizer().encode(text, add_special_tokens);
-           }, py::arg("text"), py::arg("add_special_tokens") = true, py::call_guard<py::gil_scoped_release>())
-      .def("decode", [](const LLMEngine& e, const std::vector<int32_t>& ids, bool skip_special_tokens) {
-             const std::string s = e.tokenizer().decode(ids, skip_special_tokens);
-             py::gil_scoped_acquire acquire;
-             return py::reinterpret_steal<py::str>(PyUnicode_DecodeUTF8(s.data(), s.size(), "replace"));
-           }, py::arg("ids"), py::arg("skip_special_tokens") = true, py::call_guard<py::gil_scoped_release>())
-      .def("id_to_token", [](const LLMEngine& e, int32_t id) { return e.tokenizer().id_to_token(id); })
-      .def("token_to_id", [](const LLMEngine& e, const std::string& t) { return e.tokenizer().token_to_id(t); })
-      .def_property_readonly("tokenizer_vocab_size", [](const LLMEngine& e) { return e.tokenizer().vocab_size(); })
-      .def_property_readonly("bos_token_id", [](const LLMEngine& e) { return e.tokenizer().bos_token_id(); })
-      .def_property_readonly("eos_token_id", [](const LLMEngine& e) { return e.tokenizer().eos_token_id(); })
-      .def("is_special_token", [](const LLMEngine& e, int32_t id) { return e.tokenizer().is_special(id); });
+      .def_property_readonly("tokenizer", &LLMEngine::shared_tokenizer);
+
+  bind_tokenizer(m);
 }

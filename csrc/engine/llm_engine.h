@@ -121,6 +121,7 @@ class LLMEngine {
   void shutdown();
 
   const Tokenizer& tokenizer() const { return *tokenizer_; }
+  std::shared_ptr<Tokenizer> shared_tokenizer() const { return tokenizer_; }
   const ModelConfig& model_config() const { return model_config_; }
   int max_model_len() const { return max_model_len_; }
   const std::vector<int32_t>& eos_token_ids() const { return eos_token_ids_; }
@@ -144,7 +145,7 @@ class LLMEngine {
 
   EngineConfig config_;
   ModelConfig model_config_;
-  std::unique_ptr<Tokenizer> tokenizer_;
+  std::shared_ptr<Tokenizer> tokenizer_;
   std::vector<int32_t> eos_token_ids_;
   int max_model_len_ = 0;
   std::unique_ptr<Executor> executor_;

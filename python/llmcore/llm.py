@@ -84,7 +84,7 @@ class LLM:
             seed=seed,
             load_format=load_format,
         )
-        self._tokenizer = Tokenizer(self.llm_engine.native)
+        self._tokenizer = Tokenizer(self.llm_engine.native.tokenizer)
 
     # -- tokenizer --------------------------------------------------------------------------
     def get_tokenizer(self) -> Tokenizer:

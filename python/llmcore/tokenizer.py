@@ -10,7 +10,14 @@ class Tokenizer:
     tokenizer.model checkpoints)."""
 
     def __init__(self, native) -> None:
-        self._native = native
+        self._native = native  # _C.Tokenizer
+
+    @classmethod
+    def from_pretrained(cls, path: str) -> "Tokenizer":
+        """Loads the tokenizer of a checkpoint directory without loading the model."""
+        from . import _C
+
+        return cls(_C.load_tokenizer(str(path)))
 
     def encode(self, text: str, add_special_tokens: bool = True) -> List[int]:
         """Token ids of `text`; BOS/EOS added as tokenizer_config.json says when add_special_tokens."""
@@ -47,7 +54,7 @@ class Tokenizer:
 
     @property
     def vocab_size(self) -> int:
-        return self._native.tokenizer_vocab_size
+        return self._native.vocab_size
 
     def __len__(self) -> int:
         return self.vocab_size

@@ -132,19 +132,23 @@ def test_max_model_len_over_position_embeddings(llmcore, checkpoint):
                     num_gpu_blocks_override=64, max_model_len=4096)
 
 
+def test_cache_smaller_than_one_sequence(llmcore, checkpoint):
+    """4 blocks of 16 tokens cannot hold one max_model_len (512) sequence: refused up front,
+    since such a sequence could never finish."""
+    with pytest.raises(ValueError, match="max_model_len"):
+        llmcore.LLM(model=str(checkpoint("llama_gqa")), device="cpu", num_gpu_blocks_override=4,
+                    block_size=16)
+
+
 def test_request_that_never_fits_kv_cache(make_llm, llmcore):
-    llm = make_llm("llama_gqa", num_gpu_blocks_override=4, block_size=16)  # 64 token slots
-    # A 100-token prompt cannot be held at all.
-    with pytest.raises(ValueError):
-        llm.generate({"prompt_token_ids": [1] + [10 + i for i in range(99)]},
-                     llmcore.SamplingParams(max_tokens=1), use_tqdm=False)
+    llm = make_llm("llama_gqa", num_gpu_blocks_override=4, block_size=16, max_model_len=64)
+    prompt = {"prompt_token_ids": [1] + [10 + i for i in range(19)]}  # 20 tokens
+    # n = 4 outputs of 40 tokens each: 4 x 60 token slots can never be live at once in 64.
+    with pytest.raises(ValueError, match="(?i)kv|block|cache"):
+        llm.generate(prompt, llmcore.SamplingParams(n=4, max_tokens=40, ignore_eos=True),
+                     use_tqdm=False)
     _still_serves(llm, llmcore)
-    # 40 prompt tokens + 40 tokens that will be generated (EOS ignored) need 5 blocks.
-    with pytest.raises(ValueError):
-        llm.generate({"prompt_token_ids": [1] + [10 + i for i in range(39)]},
-                     llmcore.SamplingParams(max_tokens=40, ignore_eos=True), use_tqdm=False)
-    _still_serves(llm, llmcore)
-    # Exactly 64 tokens fits.
+    # Exactly 64 tokens of one sequence fits.
     out = llm.generate({"prompt_token_ids": [1] + [10 + i for i in range(39)]},
                        llmcore.SamplingParams(max_tokens=24, ignore_eos=True), use_tqdm=False)
     assert len(out[0].outputs[0].token_ids) == 24
