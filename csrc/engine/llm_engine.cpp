@@ -3,6 +3,10 @@
 #include <algorithm>
 #include <chrono>
 #include <filesystem>
+#include <fstream>
+#include <sstream>
+
+#include <nlohmann/json.hpp>
 
 #include "core/error.h"
 
@@ -25,6 +29,35 @@ const char* reason_name(FinishReason r) {
 }
 
 bool contains(const std::vector<int32_t>& v, int32_t x) { return std::find(v.begin(), v.end(), x) != v.end(); }
+
+// generation_config.json's eos_token_id (an int, a list of ints, null or absent) of a checkpoint
+// directory; empty when the file or the field is missing. Models like Llama-3-Instruct list their
+// end-of-turn token (<|eot_id|>) only here.
+std::vector<int64_t> generation_config_eos_ids(const std::filesystem::path& model_dir) {
+  const std::filesystem::path path = model_dir / "generation_config.json";
+  if (!std::filesystem::is_regular_file(path)) return {};
+  std::ifstream in(path);
+  LLMCORE_CHECK_ARG(in.good(), "cannot read ", path.string());
+  std::stringstream text;
+  text << in.rdbuf();
+  const nlohmann::json j = nlohmann::json::parse(text.str(), nullptr, /*allow_exceptions=*/false);
+  LLMCORE_CHECK_ARG(!j.is_discarded() && j.is_object(), path.string(), " is not a JSON object");
+  if (!j.contains("eos_token_id") || j.at("eos_token_id").is_null()) return {};
+  const nlohmann::json& eos = j.at("eos_token_id");
+  std::vector<int64_t> ids;
+  if (eos.is_number_integer()) {
+    ids.push_back(eos.get<int64_t>());
+  } else {
+    LLMCORE_CHECK_ARG(eos.is_array(), path.string(),
+                      " field 'eos_token_id' must be an integer or a list of integers, got ", eos.dump());
+    for (const nlohmann::json& e : eos) {
+      LLMCORE_CHECK_ARG(e.is_number_integer(), path.string(),
+                        " field 'eos_token_id' must hold integers, got ", eos.dump());
+      ids.push_back(e.get<int64_t>());
+    }
+  }
+  return ids;
+}
 
 }  // namespace
 
@@ -69,9 +102,12 @@ LLMEngine::LLMEngine(const EngineConfig& config) : config_(config), seed_rng_(co
   model_config_ = ModelConfig::from_file((fs::path(config.model) / "config.json").string());
   tokenizer_ = load_tokenizer(config.tokenizer.empty() ? config.model : config.tokenizer);
 
-  // Stop ids: the tokenizer's EOS and config.json's eos_token_id.
+  // Stop ids: the union of the tokenizer's EOS, config.json's eos_token_id and
+  // generation_config.json's eos_token_id, in that order.
   if (tokenizer_->eos_token_id() >= 0) eos_token_ids_.push_back(tokenizer_->eos_token_id());
-  for (int64_t id : model_config_.eos_token_ids) {
+  std::vector<int64_t> config_eos = model_config_.eos_token_ids;
+  for (int64_t id : generation_config_eos_ids(config.model)) config_eos.push_back(id);
+  for (int64_t id : config_eos) {
     if (!contains(eos_token_ids_, static_cast<int32_t>(id))) eos_token_ids_.push_back(static_cast<int32_t>(id));
   }
 
@@ -156,6 +192,8 @@ void LLMEngine::add_request(const std::string& request_id, std::vector<int32_t> 
                     " tokens, over max_model_len (", max_model_len_, ")");
   LLMCORE_CHECK_ARG(params.min_tokens <= max_tokens, "min_tokens (", params.min_tokens,
                     ") must be <= max_tokens (", max_tokens, ")");
+  LLMCORE_CHECK_ARG(params.n <= config_.max_num_seqs, "n (", params.n, ") exceeds max_num_seqs (",
+                    config_.max_num_seqs, "): the outputs of one request run side by side");
   // Worst case: the prompt's blocks shared by all n outputs, each output's own blocks plus a
   // copied partial block.
   const int n = params.n;

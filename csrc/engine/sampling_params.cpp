@@ -9,8 +9,6 @@
 namespace llmcore {
 namespace {
 
-// Most outputs per request (vLLM accepts any n; we bound the fan-out a single request can force).
-constexpr int kMaxN = 256;
 constexpr double kMaxLogitBias = 100.0;
 
 // [lo, hi] with both ends finite, so infinities fail as well as NaN.
@@ -30,7 +28,8 @@ void check_token_id(const char* name, size_t index, int32_t id, int64_t vocab_si
 }  // namespace
 
 void SamplingParams::validate(int64_t vocab_size) const {
-  LLMCORE_CHECK_ARG(n >= 1 && n <= kMaxN, "n must be in [1, ", kMaxN, "], got ", n);
+  // As vLLM: no upper bound here; the engine refuses n above its max_num_seqs.
+  LLMCORE_CHECK_ARG(n >= 1, "n must be >= 1, got ", n);
   check_closed("presence_penalty", presence_penalty, -2.0, 2.0);
   check_closed("frequency_penalty", frequency_penalty, -2.0, 2.0);
   LLMCORE_CHECK_ARG(repetition_penalty > 0.0 && std::isfinite(repetition_penalty),

@@ -8,6 +8,7 @@ failed, while the extension is not importable.
 from __future__ import annotations
 
 import gc
+import os
 from pathlib import Path
 
 import pytest
@@ -16,7 +17,9 @@ import fixtures
 
 # Every test LLM gets an explicit, small KV cache unless the test asks otherwise: the CPU
 # backend's default sizing reserves gigabytes, and a dozen cached engines must fit in CI.
-DEFAULT_LLM_KWARGS = dict(device="cpu", dtype="float32", seed=0, num_gpu_blocks_override=1024)
+# LLMCORE_TEST_DEVICE picks the device (default cpu); the comparisons assume float32 compute.
+DEFAULT_LLM_KWARGS = dict(device=os.environ.get("LLMCORE_TEST_DEVICE", "cpu"), dtype="float32",
+                          seed=0, num_gpu_blocks_override=1024)
 
 
 @pytest.fixture(scope="session")

@@ -9,6 +9,8 @@
 
 from __future__ import annotations
 
+import gc
+
 import pytest
 
 import fixtures
@@ -58,7 +60,6 @@ def test_blocks_free_after_stream_abort(llm, llmcore):
     next(stream)
     next(stream)
     del stream
-    import gc
     gc.collect()
     fixtures.assert_all_blocks_free(llm)
 
@@ -80,12 +81,12 @@ def _preemption_load(llmcore):
     return prompts, params
 
 
-@pytest.mark.slow
 def test_preemption_keeps_outputs(make_llm, llm, llmcore):
     prompts, params = _preemption_load(llmcore)
     ref = llm.generate(prompts, params, use_tqdm=False)
 
-    small = make_llm("llama_gqa", num_gpu_blocks_override=16, block_size=16)
+    # max_model_len 128 = 8 blocks: the engine requires the cache to hold one full sequence.
+    small = make_llm("llama_gqa", num_gpu_blocks_override=16, block_size=16, max_model_len=128)
     before = small.llm_engine.get_stats()
     assert before["num_total_blocks"] == 16
     # Each request alone fits (<= 8 blocks), all 8 together would need ~64.

@@ -13,7 +13,6 @@ float32 model once, and every position is compared with HF's log_softmax:
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 
 import fixtures
@@ -29,6 +28,8 @@ PROMPTS = [
     # > 3 blocks of 16 tokens, so prefill and decode both cross block boundaries.
     " ".join(fixtures.prompt_texts(6, seed=3, max_words=20)),
     "Hi",
+    # ~440 tokens: positions near max_position_embeddings (512), far past llama3's original 64.
+    " ".join(fixtures.prompt_texts(12, seed=9, max_words=40)),
 ]
 # A prompt given as ids: no BOS, byte-fallback and rare ids included.
 ID_PROMPT = [5, 300, 17, 260, 511, 42, 42, 42, 3, 100, 258, 259, 4]
@@ -49,6 +50,7 @@ def parity_run(variant, make_llm, llmcore):
 
 
 def test_prompt_tokenization(parity_run, sp):
+    assert len(parity_run[-2].prompt_token_ids) + MAX_TOKENS > 400  # the long prompt is long
     for out, text in zip(parity_run, PROMPTS):
         assert out.prompt == text
         assert list(out.prompt_token_ids) == [fixtures.BOS_ID] + sp.encode(text)
@@ -111,3 +113,59 @@ def test_logprob_entries_are_decoded(parity_run, sp):
                     and not sp.is_unknown(tid):
                 piece = sp.id_to_piece(tid).replace("\u2581", " ")
                 assert lp.decoded_token.strip() == piece.strip(), (j, tid, lp.decoded_token, piece)
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading paths around the parity runs
+
+def test_get_tokenizer_matches_sentencepiece(llm, sp):
+    tok = llm.get_tokenizer()
+    assert tok.bos_token_id == fixtures.BOS_ID and tok.eos_token_id == fixtures.EOS_ID
+    assert tok.vocab_size == fixtures.VOCAB_SIZE
+    texts = PROMPTS + ["Zebra quantum \u65e5\u672c \U0001F600!", "  two  spaces\nnewline", ""]
+    for text in texts:
+        assert tok.encode(text) == [fixtures.BOS_ID] + sp.encode(text), text
+        assert tok.encode(text, add_special_tokens=False) == sp.encode(text), text
+        assert tok.decode(sp.encode(text)) == sp.decode(sp.encode(text)), text
+    assert tok.decode([fixtures.BOS_ID, 270, fixtures.EOS_ID]) == sp.decode([270])
+
+
+def test_separate_tokenizer_dir(llmcore, checkpoint, tokenizer_dir, tmp_path, make_llm):
+    """tokenizer= points at another directory; the model directory has no tokenizer files."""
+    import shutil
+
+    src = checkpoint("llama_gqa")
+    for f in src.iterdir():
+        if not f.name.startswith(("tokenizer", "special_tokens")):
+            shutil.copy(f, tmp_path / f.name)
+    params = llmcore.SamplingParams(temperature=0.0, max_tokens=8, ignore_eos=True)
+    llm = llmcore.LLM(model=str(tmp_path), tokenizer=str(tokenizer_dir), device="cpu",
+                      dtype="float32", num_gpu_blocks_override=64)
+    got = llm.generate(PROMPTS[0], params, use_tqdm=False)[0]
+    ref = make_llm("llama_gqa").generate(PROMPTS[0], params, use_tqdm=False)[0]
+    assert got.prompt_token_ids == ref.prompt_token_ids
+    assert got.outputs[0].token_ids == ref.outputs[0].token_ids
+    assert got.outputs[0].text == ref.outputs[0].text
+
+
+def test_dummy_load_format(llmcore, checkpoint, tmp_path, hf_model):
+    """load_format="dummy" needs only config.json (+ tokenizer) and gives random weights, not the
+    checkpoint's."""
+    import shutil
+
+    src = checkpoint("llama_gqa")
+    for f in src.iterdir():
+        if not f.name.endswith(".safetensors"):
+            shutil.copy(f, tmp_path / f.name)
+    llm = llmcore.LLM(model=str(tmp_path), device="cpu", dtype="float32",
+                      num_gpu_blocks_override=64, load_format="dummy")
+    out = llm.generate(PROMPTS[0], llmcore.SamplingParams(temperature=0.0, max_tokens=8,
+                                                          ignore_eos=True, logprobs=0),
+                       use_tqdm=False)[0]
+    comp = out.outputs[0]
+    assert len(comp.token_ids) == 8 and comp.finish_reason == "length"
+    ref = fixtures.log_softmax(fixtures.hf_logits(hf_model("llama_gqa"),
+                                                  list(out.prompt_token_ids) + list(comp.token_ids)))
+    diffs = [abs(comp.logprobs[j][t].logprob - ref[len(out.prompt_token_ids) + j - 1][t])
+             for j, t in enumerate(comp.token_ids)]
+    assert max(diffs) > 1e-2, "dummy weights reproduce the checkpoint exactly"

@@ -259,15 +259,16 @@ def _boundaries(sp, out):
 
 
 def _straddling_stop(text, bounds):
-    """A stop string that starts inside one token and ends inside a later one, found at its
-    first occurrence in `text`: (stop, start offset, index of the token that completes it)."""
-    for i in range(2, len(bounds) - 1):
-        left, mid, right = bounds[i - 1], bounds[i], bounds[i + 1]
-        if mid - left >= 2 and right - mid >= 2:
-            start, end = mid - 1, mid + 2 if right - mid > 2 else mid + 1
-            stop = text[start:end]
-            if text.find(stop) == start and stop.strip() == stop and stop:
-                return stop, start, i + 1 if end > mid else i
+    """A stop string that starts inside output token i (after its first character) and ends
+    inside token i + 1 (before its last), at its first occurrence in `text`.
+    bounds[i] is the text offset where token i ends. -> (stop, start offset, i + 1) or None."""
+    for i in range(1, len(bounds) - 1):
+        begin, mid, end = bounds[i - 1], bounds[i], bounds[i + 1]
+        if mid - begin >= 2 and end - mid >= 2:
+            start = begin + 1
+            stop = text[start:end - 1]
+            if text.find(stop) == start:
+                return stop, start, i + 1
     return None
 
 
@@ -355,9 +356,12 @@ def test_sampling_distribution(case, llm, llmcore, hf_model):
     kw = SAMPLING_CASES[case]
     num = 1000
     prompt = PROMPTS[1]
-    out = llm.generate(prompt, llmcore.SamplingParams(n=num, seed=2024, max_tokens=1,
-                                                      ignore_eos=True, **kw), use_tqdm=False)[0]
-    samples = np.array([c.token_ids[0] for c in out.outputs])
+    # 4 requests of n = 250 (n is capped at max_num_seqs), each with its own seed.
+    outs = llm.generate([prompt] * 4, [llmcore.SamplingParams(n=num // 4, seed=2024 + i,
+                                                              max_tokens=1, ignore_eos=True, **kw)
+                                       for i in range(4)], use_tqdm=False)
+    out = outs[0]
+    samples = np.array([c.token_ids[0] for o in outs for c in o.outputs])
     assert len(samples) == num
     logits = fixtures.hf_logits(hf_model("llama_gqa"), list(out.prompt_token_ids))[-1]
     probs, ambiguous = _sampling_probs(logits, **kw)
