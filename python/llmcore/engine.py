@@ -124,7 +124,12 @@ class LLMEngine:
                     if d.finished:
                         self._sinks.pop(d.request_id, None)
                 if sink is not None:
-                    sink.put(d)
+                    try:
+                        sink.put(d)
+                    except RuntimeError:
+                        # The consumer is gone (its event loop closed after it abandoned the
+                        # request): drop the delta; the router must keep serving everyone else.
+                        pass
             if not self._native.is_healthy() and not deltas:
                 # The native loop failed every live request (their error deltas were routed
                 # above); anything registered since gets the same error.
@@ -132,6 +137,9 @@ class LLMEngine:
                     orphans = list(self._sinks.items())
                     self._sinks.clear()
                 for _, sink in orphans:
-                    sink.put(EngineDeadError(self._native.error()))
+                    try:
+                        sink.put(EngineDeadError(self._native.error()))
+                    except RuntimeError:
+                        pass
                 if self._closed or not orphans:
                     return
