@@ -1,9 +1,84 @@
 // Host launchers of llmcore's CUDA kernels: plain functions over Tensors and a stream, no
 // templates (the dispatch from runtime dtype to compile-time types happens in the .cu files).
 // Every launcher has a CPU twin in csrc/backend/cpu and a GoogleTest comparing the two.
+//
+// Conventions: tensors are contiguous GPU tensors; activations are bf16 or fp16 and every kernel
+// does its math in fp32. Launchers check device, dtype and shape on the host and throw
+// RuntimeError on a mismatch; they enqueue on `stream` and return without waiting. Index tensors
+// (token ids, positions, slots, row indices) live on the GPU, so their range is checked by the
+// kernels: a bad index is never dereferenced, the affected output is filled with NaN (all-ones
+// bits), and a KernelError bit is OR-ed into `*error_flags` (a device int; may be null), which
+// the backend reads back at its next synchronization and turns into an exception.
 #pragma once
 
 #include <cuda_runtime.h>
 
+#include <utility>
+#include <vector>
+
 #include "attention/attention.h"
 #include "core/tensor.h"
+
+namespace llmcore::kernels {
+
+// Bits of the device error word (see above).
+enum KernelError : int {
+  kErrTokenId = 1 << 0,      // embedding: token id outside [0, V)
+  kErrGatherIndex = 1 << 1,  // gather_rows: index outside [0, T)
+  kErrPosition = 1 << 2,     // rotary_embedding: position outside [0, max_pos)
+  kErrSlot = 1 << 3,         // write_kv_cache: slot >= NB * BS
+};
+
+// What one KernelError bit means, e.g. "embedding: token id outside the vocabulary".
+const char* kernel_error_name(int bit);
+
+// --- embedding/embedding.cu: row gathers -------------------------------------------------------
+
+// out [T, Hd] = table [V, Hd] rows picked by token_ids [T] int32. out and table share a dtype.
+void embedding(Tensor& out, const Tensor& token_ids, const Tensor& table, int* error_flags,
+               cudaStream_t stream);
+// out [L, N] = x [T, N] rows picked by indices [L] int32; any dtype.
+void gather_rows(Tensor& out, const Tensor& x, const Tensor& indices, int* error_flags,
+                 cudaStream_t stream);
+
+// --- norm/rms_norm.cu ----------------------------------------------------------------------------
+
+// out [T, Hd] = x / rms(x) * weight [Hd], per row; out may alias x.
+void rms_norm(Tensor& out, const Tensor& x, const Tensor& weight, float eps, cudaStream_t stream);
+// residual [T, Hd] += x [T, Hd] (stored in the activation dtype); x = rms_norm(residual) * weight.
+void add_rms_norm(Tensor& x, Tensor& residual, const Tensor& weight, float eps,
+                  cudaStream_t stream);
+
+// --- rope/rotary.cu ------------------------------------------------------------------------------
+
+// Rotates the Hq query and Hkv key heads of qkv [T, (Hq + 2 Hkv) * D] in place (NeoX halves), at
+// positions [T] int32, with cos_sin [max_pos, D] float32 (cos for D/2 freqs, then sin).
+void rotary_embedding(Tensor& qkv, const Tensor& positions, const Tensor& cos_sin,
+                      const AttnShape& shape, int* error_flags, cudaStream_t stream);
+
+// --- activation/silu_and_mul.cu ------------------------------------------------------------------
+
+// out [T, I] = silu(x[:, :I]) * x[:, I:], x [T, 2I].
+void silu_and_mul(Tensor& out, const Tensor& x, cudaStream_t stream);
+
+// --- common/bias.cu
+// --------------------------------------------------------------------------------
+
+// out [T, N] (float32, bf16 or fp16) += bias [N] (same dtype as out, or the 16-bit activation
+// dtype when out is float32), in fp32.
+void add_bias(Tensor& out, const Tensor& bias, cudaStream_t stream);
+
+// --- cache/kv_cache.cu ---------------------------------------------------------------------------
+
+// Writes the k and v parts of qkv [T, (Hq + 2 Hkv) * D] to slots [T] int32 (negative: skip) of
+// k_cache, v_cache [NB, Hkv, BS, D].
+void write_kv_cache(const Tensor& qkv, Tensor& k_cache, Tensor& v_cache, const Tensor& slot_mapping,
+                    const AttnShape& shape, int* error_flags, cudaStream_t stream);
+// For each (src, dst) pair in list order, copies block src to block dst of every tensor in
+// `layers` (each [NB, ...], one shape and dtype). Pairs that neither read what an earlier pair of
+// the same launch writes nor write what it reads or writes share one launch; others start a new
+// launch, so chains like (a -> b, b -> c) behave as written.
+void copy_kv_blocks(const std::vector<Tensor*>& layers,
+                    const std::vector<std::pair<int, int>>& src_dst, cudaStream_t stream);
+
+}  // namespace llmcore::kernels

@@ -11,6 +11,9 @@
 #include "engine/llm_engine.h"
 #include "engine/sampling_params.h"
 #include "bindings/bindings.h"
+#ifdef LLMCORE_WITH_CUDA
+#include "backend/cuda/cuda_device.h"
+#endif
 
 namespace py = pybind11;
 using namespace llmcore;
@@ -75,6 +78,13 @@ PYBIND11_MODULE(_C, m) {
   });
 
   m.attr("MAX_LOGPROBS") = kMaxLogprobs;
+  m.def("cuda_device_count", [] {
+#ifdef LLMCORE_WITH_CUDA
+    return cuda::device_count();
+#else
+    return 0;
+#endif
+  }, "GPUs the CUDA backend can use (0 when it is not built or there is no device).");
 
   py::class_<SamplingParams>(m, "SamplingParams", R"doc(
 How to sample the outputs of one request; vLLM's field names, defaults and ranges.
@@ -188,7 +198,8 @@ Invalid values raise ValueError naming the field.)doc")
       .def(py::init([](const std::string& model, const std::string& tokenizer, const std::string& device,
                        const std::string& dtype, int max_model_len, int max_num_seqs, int max_num_batched_tokens,
                        bool enable_prefix_caching, bool enable_chunked_prefill, int block_size,
-                       int num_gpu_blocks_override, double cpu_kv_cache_space_gib, uint64_t seed,
+                       int num_gpu_blocks_override, double cpu_kv_cache_space_gib,
+                       double gpu_memory_utilization, uint64_t seed,
                        const std::string& load_format, int num_threads) {
              EngineConfig c;
              c.model = model;
@@ -203,6 +214,7 @@ Invalid values raise ValueError naming the field.)doc")
              c.block_size = block_size;
              c.num_gpu_blocks_override = num_gpu_blocks_override;
              c.cpu_kv_cache_space_gib = cpu_kv_cache_space_gib;
+             c.gpu_memory_utilization = gpu_memory_utilization;
              c.seed = seed;
              c.load_format = load_format;
              c.num_threads = num_threads;
@@ -213,7 +225,8 @@ Invalid values raise ValueError naming the field.)doc")
            py::arg("max_model_len") = 0, py::arg("max_num_seqs") = 256, py::arg("max_num_batched_tokens") = 0,
            py::arg("enable_prefix_caching") = true, py::arg("enable_chunked_prefill") = true,
            py::arg("block_size") = 16, py::arg("num_gpu_blocks_override") = 0,
-           py::arg("cpu_kv_cache_space_gib") = 4.0, py::arg("seed") = 0, py::arg("load_format") = "auto",
+           py::arg("cpu_kv_cache_space_gib") = 4.0, py::arg("gpu_memory_utilization") = 0.9,
+           py::arg("seed") = 0, py::arg("load_format") = "auto",
            py::arg("num_threads") = 0)
       .def("add_request", &LLMEngine::add_request, py::arg("request_id"), py::arg("prompt_token_ids"),
            py::arg("params"), py::call_guard<py::gil_scoped_release>())

@@ -5,15 +5,26 @@
 
 #include "core/error.h"
 
+#ifdef LLMCORE_WITH_CUDA
+#include "backend/cuda/cuda_backend.h"
+#endif
+
 namespace llmcore {
 
 Executor::Executor(const ExecutorConfig& config, const ModelConfig& model_config)
     : config_(config), model_config_(model_config) {
   if (config.device == "cpu") {
     backend_ = create_cpu_backend(config.num_threads);
+  } else if (config.device == "cuda") {
+#ifdef LLMCORE_WITH_CUDA
+    LLMCORE_CHECK_ARG(cuda::device_count() > 0, "device='cuda' but no CUDA device is available");
+    backend_ = create_cuda_backend(0, config.dtype);
+#else
+    throw_value_error("device='cuda' needs the CUDA backend, which this build does not include "
+                      "(build with the CUDA toolkit and cuBLAS installed)");
+#endif
   } else {
-    throw_value_error("device must be 'cpu' in this build (CUDA backend not built); got '",
-                      config.device, "'");
+    throw_value_error("device must be 'cpu' or 'cuda'; got '", config.device, "'");
   }
   model_ = create_model(model_config_, config.model_dir, *backend_, config.load_format, config.seed);
 }
@@ -111,6 +122,54 @@ Tensor Executor::execute(const SchedulerOutput& out, const std::vector<LogitsReq
   Tensor host = Tensor::empty(logits.shape(), DType::kF32);
   backend_->copy(host, logits);
   return host;
+}
+
+int Executor::profile_num_kv_blocks(double gpu_memory_utilization, int max_num_batched_tokens,
+                                    int max_num_seqs, int max_model_len) {
+#ifdef LLMCORE_WITH_CUDA
+  auto* cuda = dynamic_cast<CudaBackend*>(backend_.get());
+  LLMCORE_CHECK(cuda != nullptr, "profile_num_kv_blocks needs the CUDA backend");
+  const int block_size = config_.block_size;
+  const int num_tokens = std::max(1, max_num_batched_tokens);
+  const int num_seqs = std::max(1, std::min({max_num_seqs, num_tokens}));
+  // Sequences of near-equal length, each no longer than max_model_len.
+  const int per_seq = std::min((num_tokens + num_seqs - 1) / num_seqs, max_model_len);
+  const int blocks_per_seq = (per_seq + block_size - 1) / block_size;
+  allocate_kv_cache(num_seqs * blocks_per_seq);
+
+  std::vector<Sequence> seqs(num_seqs);
+  SchedulerOutput out;
+  std::vector<LogitsRequest> lrs;
+  int left = num_tokens;
+  for (int i = 0; i < num_seqs && left > 0; ++i) {
+    Sequence& seq = seqs[i];
+    const int n = std::min(per_seq, left);
+    left -= n;
+    seq.token_ids.assign(n, 0);
+    seq.num_prompt_tokens = n;
+    for (int b = 0; b < blocks_per_seq; ++b) seq.block_table.push_back(i * blocks_per_seq + b);
+    out.scheduled.push_back({&seq, n, true});
+    out.num_batched_tokens += n;
+    lrs.push_back({n - 1, 1});
+  }
+  cuda->synchronize();
+  cuda->reset_peak_memory_stats();
+  execute(out, lrs);
+  cuda->synchronize();
+  const size_t peak = cuda->memory_stats().peak_reserved_bytes;
+  kv_cache_ = KVCache{};  // the profiling cache goes back to the allocator
+  const size_t reserved_now = cuda->memory_stats().reserved_bytes;
+  const cuda::MemoryInfo mem = cuda->memory_info();
+  // Device memory used by everything but our allocator (context, cuBLAS workspace, other
+  // processes) stays used; our allocator may grow to the profiled peak again.
+  const double used_elsewhere = static_cast<double>(mem.total_bytes - mem.free_bytes) - reserved_now;
+  const double budget = gpu_memory_utilization * static_cast<double>(mem.total_bytes) - used_elsewhere - peak;
+  const double block_bytes = static_cast<double>(kv_block_bytes(model_config_, block_size, kv_dtype()));
+  return budget <= 0 ? 0 : static_cast<int>(budget / block_bytes);
+#else
+  (void)gpu_memory_utilization; (void)max_num_batched_tokens; (void)max_num_seqs; (void)max_model_len;
+  throw_runtime_error("profile_num_kv_blocks needs the CUDA backend");
+#endif
 }
 
 }  // namespace llmcore

@@ -23,6 +23,7 @@ struct LogitsRequest {
 struct ExecutorConfig {
   std::string model_dir;
   std::string device = "cpu";
+  DType dtype = DType::kF32;  // activations, weights and KV cache (CPU: float32 only)
   LoadFormat load_format = LoadFormat::kAuto;
   uint64_t seed = 0;
   int block_size = 16;
@@ -40,6 +41,13 @@ class Executor {
 
   // Allocates the KV cache of num_blocks blocks.
   void allocate_kv_cache(int num_blocks);
+
+  // GPU only: runs a forward pass of the largest step the scheduler can form
+  // (max_num_batched_tokens tokens over up to max_num_seqs sequences, one logits row each) to
+  // measure peak activation memory, then returns how many KV blocks fit in
+  // gpu_memory_utilization of the device's memory next to the weights and that peak.
+  int profile_num_kv_blocks(double gpu_memory_utilization, int max_num_batched_tokens, int max_num_seqs,
+                            int max_model_len);
 
   // Runs one step. logits_requests[i] belongs to out.scheduled[i]. Returns logits [L, V] float32
   // on the host, the rows in the order requested.

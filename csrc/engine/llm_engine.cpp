@@ -94,6 +94,9 @@ LLMEngine::LLMEngine(const EngineConfig& config) : config_(config), seed_rng_(co
     LLMCORE_CHECK_ARG(config.dtype == "auto" || config.dtype == "float32" || config.dtype == "float",
                       "device='cpu' computes in float32: dtype must be 'auto' or 'float32'; got '",
                       config.dtype, "'");
+  } else {
+    LLMCORE_CHECK_ARG(config.gpu_memory_utilization > 0 && config.gpu_memory_utilization <= 1,
+                      "gpu_memory_utilization must be in (0, 1]; got ", config.gpu_memory_utilization);
   }
   LLMCORE_CHECK_ARG(config.block_size == 8 || config.block_size == 16 || config.block_size == 32,
                     "block_size must be 8, 16 or 32; got ", config.block_size);
@@ -124,6 +127,16 @@ LLMEngine::LLMEngine(const EngineConfig& config) : config_(config), seed_rng_(co
   ExecutorConfig ec;
   ec.model_dir = config.model;
   ec.device = config.device;
+  if (config.device == "cpu") {
+    ec.dtype = DType::kF32;
+  } else if (config.dtype == "auto") {
+    // As vLLM: the checkpoint's half type; float32 checkpoints run in bfloat16.
+    ec.dtype = model_config_.dtype == DType::kF16 ? DType::kF16 : DType::kBF16;
+  } else {
+    ec.dtype = parse_float_dtype(config.dtype, "dtype");
+    LLMCORE_CHECK_ARG(ec.dtype != DType::kF32, "device='cuda' computes in bfloat16 or float16; dtype='",
+                      config.dtype, "' is not supported there");
+  }
   ec.load_format = dummy ? LoadFormat::kDummy : LoadFormat::kAuto;
   ec.seed = config.seed;
   ec.block_size = config.block_size;
@@ -132,7 +145,10 @@ LLMEngine::LLMEngine(const EngineConfig& config) : config_(config), seed_rng_(co
 
   const int blocks_per_seq = (max_model_len_ + config.block_size - 1) / config.block_size;
   int num_blocks = config.num_gpu_blocks_override;
-  if (num_blocks <= 0) {
+  if (num_blocks <= 0 && config.device != "cpu") {
+    num_blocks = executor_->profile_num_kv_blocks(config.gpu_memory_utilization, max_batched,
+                                                  config.max_num_seqs, max_model_len_);
+  } else if (num_blocks <= 0) {
     const size_t block_bytes = Executor::kv_block_bytes(model_config_, config.block_size, executor_->kv_dtype());
     const double budget = config.cpu_kv_cache_space_gib * (1ull << 30);
     const double by_memory = budget / static_cast<double>(block_bytes);
@@ -362,8 +378,15 @@ PositionLogprobs LLMEngine::make_position(const TokenLogprob& chosen, const std:
   for (const TokenLogprob& t : top) {
     if (t.token_id != chosen.token_id) p.entries.push_back(t);
   }
-  for (const TokenLogprob& t : p.entries) p.decoded.push_back(tokenizer_->decode({t.token_id}, false));
+  for (const TokenLogprob& t : p.entries) p.decoded.push_back(decode_one(t.token_id));
   return p;
+}
+
+std::string LLMEngine::decode_one(int32_t token_id) const {
+  // The model's vocabulary may be larger than the tokenizer's (padded embeddings): those ids
+  // have no text, as in HF.
+  if (token_id < 0 || token_id >= tokenizer_->vocab_size()) return std::string();
+  return tokenizer_->decode({token_id}, false);
 }
 
 static SequenceDelta& seq_delta(RequestDelta& d, int index) {
@@ -406,7 +429,9 @@ void LLMEngine::append_token(Request& req, SeqState& st, const SampleResult& r, 
   }
   // A stop token's own text is left out unless include_stop_str_in_output (as vLLM does).
   IncrementalDetokenizer::Update upd;
-  if (st.detok && (reason == FinishReason::kNone || p.include_stop_str_in_output)) {
+  // Ids past the tokenizer (a model's padded embedding rows) have no text.
+  const bool has_text = tok < tokenizer_->vocab_size();
+  if (st.detok && has_text && (reason == FinishReason::kNone || p.include_stop_str_in_output)) {
     upd = st.detok->append(tok, stops_armed && reason == FinishReason::kNone);
     sd.text += upd.text_delta;
     if (upd.stopped) {

@@ -41,6 +41,7 @@ struct EngineConfig {
   int block_size = 16;
   int num_gpu_blocks_override = 0;    // 0: size the cache from memory
   double cpu_kv_cache_space_gib = 4;  // CPU backend: memory for the KV cache
+  double gpu_memory_utilization = 0.9; // CUDA backend: share of device memory llmcore may use
   uint64_t seed = 0;
   std::string load_format = "auto";   // "auto" | "dummy"
   int num_threads = 0;
@@ -137,6 +138,7 @@ class LLMEngine {
   void fail_requests(const std::vector<Request*>& reqs, const std::string& message);
   void finish_seq(Request& req, SeqState& s, FinishReason reason);
   void append_token(Request& req, SeqState& s, const SampleResult& r, RequestDelta& delta);
+  std::string decode_one(int32_t token_id) const;
   PositionLogprobs make_position(const TokenLogprob& chosen, const std::vector<TokenLogprob>& top) const;
   RequestDelta& delta_for(std::unordered_map<Request*, RequestDelta>& deltas, Request& req);
   void publish(std::vector<RequestDelta> deltas);

@@ -1,5 +1,6 @@
-// Runtime dtype -> compile-time type dispatch for kernel launchers, and CUDA error checks.
-// Keep the set of instantiated types small: activations are bf16 or fp16, accumulation fp32.
+// Runtime dtype -> compile-time type dispatch for kernel launchers, fp32 conversions, and (through
+// common/cuda_check.h) the CUDA error checks. Keep the set of instantiated types small:
+// activations are bf16 or fp16, accumulation fp32.
 #pragma once
 
 #include <cuda_bf16.h>
@@ -8,6 +9,7 @@
 
 #include "core/dtype.h"
 #include "core/error.h"
+#include "kernels/common/cuda_check.h"
 
 // LLMCORE_DISPATCH_HALF(dtype, T, { ...body using T... }): T is __nv_bfloat16 or __half.
 #define LLMCORE_DISPATCH_HALF(dtype, T, ...)                                                  \
@@ -24,17 +26,8 @@
     }                                                                                         \
   } while (0)
 
-// Throws RuntimeError with the call and CUDA's message.
-#define LLMCORE_CUDA_CHECK(call)                                                               \
-  do {                                                                                        \
-    cudaError_t err_ = (call);                                                                \
-    if (err_ != cudaSuccess)                                                                  \
-      ::llmcore::throw_runtime_error(__FILE__, ":", __LINE__, ": ", #call, ": ",              \
-                                     cudaGetErrorString(err_));                               \
-  } while (0)
-
-// After a launch: a bad configuration shows up here, not at the next sync.
-#define LLMCORE_CUDA_CHECK_LAUNCH() LLMCORE_CUDA_CHECK(cudaGetLastError())
+// LLMCORE_CUDA_CHECK(call) and LLMCORE_CUDA_CHECK_LAUNCH() live in common/cuda_check.h (host-only,
+// so the backend's .cpp files share them).
 
 namespace llmcore {
 

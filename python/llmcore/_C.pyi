@@ -4,6 +4,8 @@ from typing import Dict, List, Optional, Union
 
 MAX_LOGPROBS: int
 
+def cuda_device_count() -> int: ...
+
 class SamplingParams:
     """How to sample the outputs of one request; vLLM's field names, defaults and ranges.
     Invalid values raise ValueError naming the field."""
@@ -105,6 +107,7 @@ class Engine:
         block_size: int = 16,
         num_gpu_blocks_override: int = 0,
         cpu_kv_cache_space_gib: float = 4.0,
+        gpu_memory_utilization: float = 0.9,
         seed: int = 0,
         load_format: str = "auto",
         num_threads: int = 0,

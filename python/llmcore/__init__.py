@@ -2,6 +2,7 @@
 
 from ._C import SamplingParams
 from .async_engine import AsyncLLM
+from .chat_template import ChatTemplateError
 from .engine import EngineDeadError, LLMEngine
 from .llm import LLM
 from .outputs import CompletionOutput, Logprob, RequestMetrics, RequestOutput
@@ -20,5 +21,6 @@ __all__ = [
     "LLMEngine",
     "EngineDeadError",
     "Tokenizer",
+    "ChatTemplateError",
     "__version__",
 ]

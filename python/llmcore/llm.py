@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import math
 import os
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Union
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Union
 
 from . import _C
 from .engine import EngineDeadError, LLMEngine
@@ -15,15 +16,30 @@ SamplingParams = _C.SamplingParams
 
 # A prompt: text, {"prompt": text}, or {"prompt_token_ids": [ids]}.
 PromptType = Union[str, Dict[str, Any]]
+# A chat: a list of {"role": ..., "content": ...} messages.
+Conversation = List[Dict[str, Any]]
+
+# generation_config.json fields that become default sampling parameters, with their
+# SamplingParams names (vLLM's list; transformers' max_new_tokens is vLLM's max_tokens).
+_GENERATION_CONFIG_FIELDS = {
+    "repetition_penalty": "repetition_penalty",
+    "temperature": "temperature",
+    "top_k": "top_k",
+    "top_p": "top_p",
+    "min_p": "min_p",
+    "max_new_tokens": "max_tokens",
+}
+# chat() arguments that chat_template_kwargs may not set a second time.
+_CHAT_RESERVED_KWARGS = ("conversation", "messages", "chat_template", "add_generation_prompt",
+                         "continue_final_message", "tools", "tokenize", "return_dict")
 
 
 def _resolve_device(device: str) -> str:
+    """'auto' -> 'cuda' when the CUDA backend is built and a GPU is visible, else 'cpu'."""
     if device == "auto":
-        return "cpu"  # this build has the CPU backend only
+        return "cuda" if _C.cuda_device_count() > 0 else "cpu"
     if device not in ("cpu", "cuda"):
         raise ValueError(f"device must be 'auto', 'cpu' or 'cuda'; got {device!r}")
-    if device == "cuda":
-        raise ValueError("device='cuda' needs the CUDA backend, which this build does not include")
     return device
 
 
@@ -34,6 +50,11 @@ class LLM:
     blocks (of ``block_size`` tokens); on the CPU the cache otherwise takes
     ``LLMCORE_CPU_KVCACHE_SPACE`` GiB (default 4), capped at what ``max_num_seqs`` full-length
     sequences can use.
+
+    ``generation_config``: "auto" takes the sampling defaults (temperature, top_p, top_k, min_p,
+    repetition_penalty, max_new_tokens) of the checkpoint's generation_config.json for calls that
+    pass no SamplingParams; "vllm" ignores them (SamplingParams' own defaults). Either way every
+    eos_token_id listed there (as in config.json, and the tokenizer's EOS) ends generation.
     """
 
     def __init__(
@@ -54,9 +75,13 @@ class LLM:
         seed: int = 0,
         device: str = "auto",
         load_format: str = "auto",
+        generation_config: str = "auto",
     ) -> None:
         if model is None:
             raise ValueError("model is required: the path of a HuggingFace checkpoint directory")
+        if generation_config not in ("auto", "vllm"):
+            raise ValueError("generation_config must be 'auto' (use the model's generation_config.json) "
+                             f"or 'vllm' (ignore it); got {generation_config!r}")
         if tensor_parallel_size != 1:
             raise ValueError(f"tensor_parallel_size must be 1 in this build; got {tensor_parallel_size}")
         if not (0.0 < gpu_memory_utilization <= 1.0):
@@ -68,6 +93,10 @@ class LLM:
         kv_space = float(os.environ.get("LLMCORE_CPU_KVCACHE_SPACE", "4"))
         if not (kv_space > 0 and math.isfinite(kv_space)):
             raise ValueError(f"LLMCORE_CPU_KVCACHE_SPACE must be a positive number of GiB; got {kv_space}")
+        # Read before the engine starts, so a bad file fails without leaving an engine running.
+        self._default_sampling = (
+            _read_generation_defaults(os.fspath(model)) if generation_config == "auto" else {}
+        )
         self.llm_engine = LLMEngine(
             model=os.fspath(model),
             tokenizer=os.fspath(tokenizer) if tokenizer else "",
@@ -81,15 +110,26 @@ class LLM:
             block_size=block_size,
             num_gpu_blocks_override=num_gpu_blocks_override or 0,
             cpu_kv_cache_space_gib=kv_space,
+            gpu_memory_utilization=gpu_memory_utilization,
             seed=seed,
             load_format=load_format,
         )
-        self._tokenizer = Tokenizer(self.llm_engine.native.tokenizer)
+        try:
+            self._tokenizer = Tokenizer(self.llm_engine.native.tokenizer, os.fspath(tokenizer or model))
+        except BaseException:
+            self.llm_engine.shutdown()  # e.g. a malformed chat_template in tokenizer_config.json
+            raise
 
     # -- tokenizer --------------------------------------------------------------------------
     def get_tokenizer(self) -> Tokenizer:
         """The model's tokenizer."""
         return self._tokenizer
+
+    # -- sampling defaults ------------------------------------------------------------------
+    def get_default_sampling_params(self) -> SamplingParams:
+        """The SamplingParams used when a call passes none: SamplingParams() with the model's
+        generation_config.json defaults applied (generation_config="auto"). A new object per call."""
+        return SamplingParams(**self._default_sampling)
 
     # -- generation -------------------------------------------------------------------------
     def _to_request(self, prompt: PromptType):
@@ -115,7 +155,7 @@ class LLM:
             prompts = [prompts]
         prompts = list(prompts)
         if sampling_params is None:
-            sampling_params = SamplingParams()
+            sampling_params = self.get_default_sampling_params()
         if isinstance(sampling_params, SamplingParams):
             params_list = [sampling_params] * len(prompts)
         else:
@@ -175,6 +215,44 @@ class LLM:
                 bar.close()
         return [st.output for st in states]
 
+    def chat(
+        self,
+        messages: Union[Conversation, Sequence[Conversation]],
+        sampling_params: Union[SamplingParams, Sequence[SamplingParams], None] = None,
+        use_tqdm: bool = True,
+        chat_template: Optional[str] = None,
+        add_generation_prompt: bool = True,
+        continue_final_message: bool = False,
+        chat_template_kwargs: Optional[Dict[str, Any]] = None,
+        tools: Optional[List[Union[Dict[str, Any], Callable]]] = None,
+    ) -> List[RequestOutput]:
+        """Generates the assistant's reply to one conversation (a list of {"role", "content"}
+        messages) or to each of a list of conversations; one RequestOutput per conversation.
+
+        Each conversation is rendered with the model's chat template (or `chat_template`: a
+        template string or the name of one of the model's templates), then tokenized without
+        adding BOS/EOS, since the template writes them. add_generation_prompt opens the
+        assistant's turn; continue_final_message instead continues the final (assistant)
+        message and needs add_generation_prompt=False. chat_template_kwargs are extra template
+        variables (and `documents`). RequestOutput.prompt is the rendered text.
+        """
+        if isinstance(messages, (list, tuple)) and not messages:
+            raise ValueError("messages is empty: give a conversation (a list of message dicts) or a list of them")
+        batched = isinstance(messages, (list, tuple)) and isinstance(messages[0], (list, tuple))
+        conversations = list(messages) if batched else [messages]
+        kwargs = dict(chat_template_kwargs or {})
+        clash = [k for k in _CHAT_RESERVED_KWARGS if k in kwargs]
+        if clash:
+            raise ValueError(f"chat_template_kwargs may not set {clash}: pass them as chat()'s own arguments")
+        prompts = []
+        for conversation in conversations:
+            text = self._tokenizer.apply_chat_template(
+                conversation, chat_template=chat_template, add_generation_prompt=add_generation_prompt,
+                continue_final_message=continue_final_message, tools=tools, tokenize=False, **kwargs)
+            prompts.append({"prompt": text,
+                            "prompt_token_ids": self._tokenizer.encode(text, add_special_tokens=False)})
+        return self.generate(prompts, sampling_params, use_tqdm)
+
     def generate_stream(
         self, prompt: PromptType, sampling_params: Optional[SamplingParams] = None
     ) -> Iterator[RequestOutput]:
@@ -201,6 +279,28 @@ class LLM:
     def shutdown(self) -> None:
         """Stops the engine thread (also done when the LLM is garbage collected)."""
         self.llm_engine.shutdown()
+
+
+def _read_generation_defaults(model_dir: str) -> Dict[str, Any]:
+    """SamplingParams keyword arguments from model_dir/generation_config.json ({} without it).
+    Fails at load, naming the file, when the values are not valid sampling parameters."""
+    path = os.path.join(model_dir, "generation_config.json")
+    if not os.path.isfile(path):
+        return {}
+    try:
+        with open(path, encoding="utf-8") as f:
+            config = json.load(f)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path} is not valid JSON: {e}") from e
+    if not isinstance(config, dict):
+        raise ValueError(f"{path} must hold a JSON object; got {type(config).__name__}")
+    defaults = {ours: config[theirs] for theirs, ours in _GENERATION_CONFIG_FIELDS.items()
+                if config.get(theirs) is not None}
+    try:
+        SamplingParams(**defaults)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{path} gives invalid sampling defaults {defaults}: {e}") from e
+    return defaults
 
 
 def _progress_bar(total: int):

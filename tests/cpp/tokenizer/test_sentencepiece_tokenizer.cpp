@@ -314,9 +314,9 @@ TEST(SentencePieceTokenizer, LoadErrorsNameTheDirectory) {
   expect_value_error([&] { load_tokenizer(empty); }, {empty, "no tokenizer"});
   const std::string json_only = test_util::make_temp_dir();
   test_util::write_file(std::filesystem::path(json_only) / "tokenizer.json", "{}");
-  expect_value_error(
-      [&] { load_tokenizer(json_only); },
-      {json_only, "tokenizer.json is not supported yet", "tokenizer.model was not found"});
+  // tokenizer.json is loaded when present (HfTokenizer); "{}" has no model.
+  expect_value_error([&] { load_tokenizer(json_only); },
+                     {json_only, "tokenizer.json", "missing field \"model\""});
   const std::string corrupt = test_util::make_temp_dir();
   test_util::write_file(std::filesystem::path(corrupt) / "tokenizer.model", "not a model");
   expect_value_error([&] { load_tokenizer(corrupt); }, {"tokenizer.model"});

@@ -1,0 +1,188 @@
+#!/usr/bin/env python3
+"""Writes csrc/tokenizer/unicode_tables.cpp: the Unicode data the tokenizer.json normalizers need
+(NFC/NFD/NFKC/NFKD and Lowercase), taken from Python's unicodedata so no ICU is linked.
+
+    python3 csrc/tokenizer/gen_unicode_tables.py   # rewrites unicode_tables.cpp beside this file
+
+Tables (all uint32 / int32 arrays; unicode_normalization.cpp decodes them once at first use):
+- kCombiningClassRuns: {first, last, ccc} for every run of code points sharing a nonzero
+  canonical combining class.
+- kDecompositions: one record per code point with a one-level decomposition mapping
+  (UnicodeData.txt field 5; Hangul syllables are algorithmic and left out). A record is a
+  header ((cp - previous record's cp) << 6 | compat << 5 | length) followed by `length` code
+  points.
+- kQuickCheckRuns: {first, last, flags} runs of code points whose NFC / NFKC quick-check value is
+  not Yes (flags: 1 NFC No, 2 NFC Maybe, 4 NFKC No, 8 NFKC Maybe). No = the character never
+  appears in that form (derived as normalize(form, c) != c, i.e. Full_Composition_Exclusion for
+  NFC); Maybe = it is the second character of a primary composite.
+- kLowercaseSimple: pairs {cp - previous cp, lowercase - cp} for characters whose lowercase is
+  one other character; kLowercaseSpecial: {cp, length, code points...} for longer ones (U+0130).
+"""
+
+from __future__ import annotations
+
+import sys
+import unicodedata
+from pathlib import Path
+
+MAX_CP = 0x110000
+SURROGATES = range(0xD800, 0xE000)
+HANGUL_S = range(0xAC00, 0xAC00 + 11172)
+HANGUL_V = range(0x1161, 0x1161 + 21)
+HANGUL_T = range(0x11A8, 0x11A8 + 27)  # T index 0 (U+11A7) is "no trailing consonant"
+
+
+def chars():
+    for cp in range(MAX_CP):
+        if cp not in SURROGATES:
+            yield cp
+
+
+def combining_class_runs():
+    runs = []
+    for cp in chars():
+        ccc = unicodedata.combining(chr(cp))
+        if ccc == 0:
+            continue
+        if runs and runs[-1][1] == cp - 1 and runs[-1][2] == ccc:
+            runs[-1][1] = cp
+        else:
+            runs.append([cp, cp, ccc])
+    return runs
+
+
+def decompositions():
+    records = []  # (cp, compat, [code points])
+    for cp in chars():
+        field = unicodedata.decomposition(chr(cp))
+        if not field:
+            continue
+        parts = field.split()
+        compat = parts[0].startswith("<")
+        if compat:
+            parts = parts[1:]
+        mapping = [int(p, 16) for p in parts]
+        assert 1 <= len(mapping) < 32, (hex(cp), mapping)
+        records.append((cp, compat, mapping))
+    return records
+
+
+def second_of_primary_composite(records):
+    seconds = set(HANGUL_V) | set(HANGUL_T)
+    for cp, compat, mapping in records:
+        if not compat and len(mapping) == 2 and unicodedata.normalize("NFC", "".join(map(chr, mapping))) == chr(cp):
+            seconds.add(mapping[1])
+    return seconds
+
+
+def quick_check_runs(records):
+    maybe = second_of_primary_composite(records)
+    runs = []
+    for cp in chars():
+        c = chr(cp)
+        flags = 0
+        if unicodedata.normalize("NFC", c) != c:
+            flags |= 1
+        elif cp in maybe:
+            flags |= 2
+        if unicodedata.normalize("NFKC", c) != c:
+            flags |= 4
+        elif cp in maybe:
+            flags |= 8
+        if flags == 0:
+            continue
+        if runs and runs[-1][1] == cp - 1 and runs[-1][2] == flags:
+            runs[-1][1] = cp
+        else:
+            runs.append([cp, cp, flags])
+    return runs
+
+
+def lowercase():
+    simple, special = [], []
+    for cp in chars():
+        lower = chr(cp).lower()
+        if lower == chr(cp):
+            continue
+        if len(lower) == 1:
+            simple.append((cp, ord(lower)))
+        else:
+            special.append((cp, [ord(ch) for ch in lower]))
+    return simple, special
+
+
+def format_numbers(numbers, per_line=16):
+    lines = []
+    for i in range(0, len(numbers), per_line):
+        lines.append("    " + ", ".join(str(n) for n in numbers[i:i + per_line]) + ",")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    out_path = Path(__file__).resolve().parent / "unicode_tables.cpp"
+
+    ccc_runs = combining_class_runs()
+    records = decompositions()
+    qc_runs = quick_check_runs(records)
+    lower_simple, lower_special = lowercase()
+
+    ccc_numbers = [n for run in ccc_runs for n in run]
+    decomp_numbers = []
+    previous = 0
+    for cp, compat, mapping in records:
+        decomp_numbers.append((cp - previous) << 6 | int(compat) << 5 | len(mapping))
+        decomp_numbers.extend(mapping)
+        previous = cp
+    qc_numbers = [n for run in qc_runs for n in run]
+    lower_numbers = []
+    previous = 0
+    for cp, lower in lower_simple:
+        lower_numbers += [cp - previous, lower - cp]
+        previous = cp
+    special_numbers = []
+    for cp, mapping in lower_special:
+        special_numbers += [cp, len(mapping)] + mapping
+
+    text = f"""// Generated by csrc/tokenizer/gen_unicode_tables.py from Python's unicodedata
+// (Unicode {unicodedata.unidata_version}). Do not edit; rerun the script. Formats: see the script.
+#include "tokenizer/unicode_tables.h"
+
+namespace llmcore::unicode_tables {{
+
+const char kUnicodeVersion[] = "{unicodedata.unidata_version}";
+
+const uint32_t kCombiningClassRuns[] = {{
+{format_numbers(ccc_numbers, 18)}
+}};
+const size_t kNumCombiningClassRuns = {len(ccc_runs)};
+
+const uint32_t kDecompositions[] = {{
+{format_numbers(decomp_numbers, 16)}
+}};
+const size_t kDecompositionsSize = {len(decomp_numbers)};
+
+const uint32_t kQuickCheckRuns[] = {{
+{format_numbers(qc_numbers, 18)}
+}};
+const size_t kNumQuickCheckRuns = {len(qc_runs)};
+
+const int32_t kLowercaseSimple[] = {{
+{format_numbers(lower_numbers, 20)}
+}};
+const size_t kNumLowercaseSimple = {len(lower_simple)};
+
+const uint32_t kLowercaseSpecial[] = {{
+{format_numbers(special_numbers, 16)}
+}};
+const size_t kLowercaseSpecialSize = {len(special_numbers)};
+
+}}  // namespace llmcore::unicode_tables
+"""
+    out_path.write_text(text)
+    print(f"wrote {out_path} ({len(text)} bytes): {len(ccc_runs)} ccc runs, {len(records)} decompositions, "
+          f"{len(qc_runs)} quick-check runs, {len(lower_simple)}+{len(lower_special)} lowercase mappings")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

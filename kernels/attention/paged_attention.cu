@@ -1,0 +1,489 @@
+// Paged attention: the attention kernel, the split-K combine kernel and the host launcher.
+//
+// Work split. A CTA handles one sequence, one kv head and a tile of that sequence's query rows;
+// the rows are (token, query head of the kv head's group) pairs, row r = token (r / group),
+// head (r % group), so a decode step's group of query heads shares one CTA and K/V are read
+// once per group. Keys are visited in tiles of kBlockN aligned at absolute positions, grouped
+// in partitions of kPartition keys (aligned too). A "walking" CTA (4 warps, 64 rows) visits
+// all partitions of its rows; a decode row whose keys span several partitions is "split": one
+// CTA (1 warp, 16 rows) per partition, then a combine kernel (CtaShape in the .cuh).
+//
+// Why a row's bits do not depend on the batch, the chunking or the prefix cache:
+//  * mma rows are independent: a score or output row depends only on its own Q row and K/V.
+//  * Per partition, a row's online softmax visits the same tiles in the same order; a CTA may
+//    visit extra tiles that are fully masked for the row, and such a tile leaves the state bit
+//    for bit unchanged (its max is -inf, so the rescale factor is exactly 1 and every weight
+//    exactly 0; a -inf state stays -inf / 0). Masked keys are dropped by a select, and their
+//    smem contents (real data, zeros) only ever meet a weight of exactly 0.
+//  * A row's result is the left fold, in partition order, of its per-partition states
+//    (fold_weights / fold_value), from the empty state; folding in a partition that is empty
+//    for the row changes nothing. A CTA walking all partitions folds in registers; a split
+//    sequence's CTAs write each partition's state to the workspace and the combine kernel
+//    folds them with the same function. Both then divide with finalize().
+//  * All of that arithmetic uses explicit round-to-nearest intrinsics (no contraction).
+// Only the sign of an exact zero could differ between paths, and finalize() canonicalizes it.
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <cstdint>
+
+#include "kernels/attention/attention.h"
+#include "kernels/attention/paged_attention_tile.cuh"
+#include "kernels/common/dispatch.cuh"
+
+namespace llmcore::kernels {
+
+namespace {
+
+using namespace attention_detail;
+
+// out (or the workspace) for one tile of query rows of one (sequence, kv head).
+// kSplit false: grid (walking slots, Hkv); the CTA walks every partition of its rows' keys and
+//               writes out. Split sequences are skipped.
+// kSplit true:  grid (max_partitions, Hkv * split_row_tiles, S); the CTA computes partition
+//               blockIdx.x for 16 of a split sequence's query heads and writes its state to
+//               part_out / part_ml.
+template <typename T, int D, bool kSplit>
+__global__ void __launch_bounds__(CtaShape<kSplit>::kThreads)
+    PagedAttentionKernel(const Params p) {
+  using Shape = TileShape<D>;
+  using Cta = CtaShape<kSplit>;
+  using H = HalfType<T>;
+  constexpr int kN = Shape::kBlockN, kS = Shape::kStride, kChunks = Shape::kChunks;
+  constexpr int kRows = Cta::kRows, kThreads = Cta::kThreads, kStages = Cta::kStages;
+  extern __shared__ __align__(16) unsigned char smem[];
+  T* q_s = reinterpret_cast<T*>(smem);  // [kRows, kS]
+  T* k_s = q_s + kRows * kS;            // [kStages, kN, kS]
+  T* v_s = k_s + kStages * kN * kS;     // [kStages, kN, kS]
+  // Per stage, where key n of the tile starts in either cache (elements), or kNoKey / kBadBlock.
+  int64_t* key_off_s = reinterpret_cast<int64_t*>(v_s + kStages * kN * kS);  // [kStages, kN]
+  constexpr int64_t kNoKey = -1, kBadBlock = -2;
+
+  int seq, kv_head, part = 0;
+  int64_t tile;
+  if constexpr (kSplit) {
+    seq = blockIdx.z;
+    part = blockIdx.x;
+    kv_head = blockIdx.y / p.split_row_tiles;
+    tile = blockIdx.y % p.split_row_tiles;
+  } else {
+    seq = find_slot_seq(p, blockIdx.x);
+    kv_head = blockIdx.y;
+    tile = static_cast<int64_t>(blockIdx.x) - tile_slot_begin(p, seq);
+  }
+  const int q_begin = p.query_start_loc[seq];
+  const int query_len = p.query_start_loc[seq + 1] - q_begin;
+  const int seq_len = p.seq_lens[seq];
+  if (query_len <= 0 || tile < 0) return;
+  if (kSplit != is_split_seq(query_len, seq_len, p.sliding_window, p.max_partitions)) return;
+  const int group = p.group;
+  const int64_t num_rows = static_cast<int64_t>(query_len) * group;
+  if (tile * kRows >= num_rows) return;
+  const int row_begin = static_cast<int>(tile * kRows);
+  const int row_end = static_cast<int>(min(num_rows, static_cast<int64_t>(row_begin) + kRows));
+  const int pos0 = seq_len - query_len;  // position of the sequence's first query token
+  const int window = p.sliding_window;
+
+  // Keys any row of the CTA can see: [key_lo, key_hi). Positions are monotonic in the row.
+  int key_lo = first_key_of(pos0 + row_begin / group, window);
+  int key_hi = pos0 + (row_end - 1) / group + 1;
+  if constexpr (kSplit) {
+    key_lo = max(key_lo, part * kPartition);
+    key_hi = min(key_hi, (part + 1) * kPartition);
+    if (key_lo >= key_hi) return;  // a partition outside the row's keys: never combined
+  }
+  const int t_begin = key_lo / kN;
+  const int t_end = key_lo < key_hi ? (key_hi + kN - 1) / kN : t_begin;
+
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int warp_row_begin = row_begin + warp * 16;
+  const bool warp_active = warp_row_begin < row_end;
+  const int warp_row_end = min(row_end, warp_row_begin + 16);
+  // Keys the warp's rows can see, to skip tiles that are masked for all of them.
+  const int warp_key_lo = warp_active ? first_key_of(pos0 + warp_row_begin / group, window) : 0;
+  const int warp_key_hi = warp_active ? pos0 + (warp_row_end - 1) / group + 1 : 0;
+  // This thread's two rows (g and g + 8 of the warp): visible keys [lo, hi] inclusive.
+  int row[2], row_key_lo[2], row_key_hi[2];
+#pragma unroll
+  for (int i = 0; i < 2; ++i) {
+    row[i] = warp_row_begin + lane / 4 + 8 * i;
+    const int pos = pos0 + row[i] / group;
+    const bool valid = row[i] < row_end;
+    row_key_lo[i] = valid ? first_key_of(pos, window) : 1;
+    row_key_hi[i] = valid ? pos : 0;
+  }
+
+  const T* qkv = static_cast<const T*>(p.qkv);
+  const T* k_cache = static_cast<const T*>(p.k_cache);
+  const T* v_cache = static_cast<const T*>(p.v_cache);
+  const int32_t* table = p.block_tables + static_cast<int64_t>(seq) * p.max_blocks_per_seq;
+
+  // Q tile: row r of the CTA is token q_begin + (row_begin + r) / group, head kv_head * group
+  // + (row_begin + r) % group; rows past the sequence are zero.
+  for (int c = threadIdx.x; c < kRows * kChunks; c += kThreads) {
+    const int r = c / kChunks, chunk = c % kChunks;
+    T* dst = q_s + r * kS + chunk * 8;
+    const int rr = row_begin + r;
+    const int64_t token = static_cast<int64_t>(q_begin) + rr / group;
+    if (rr < row_end && token >= 0 && token < p.num_tokens) {
+      const int head = kv_head * group + rr % group;
+      cp_async16(dst, qkv + token * p.qkv_width + static_cast<int64_t>(head) * D + chunk * 8);
+    } else {
+      *reinterpret_cast<uint4*>(dst) = make_uint4(0, 0, 0, 0);
+    }
+  }
+
+  // K/V tile t into a stage, in two steps split by a barrier: locate_keys() looks up each key's
+  // block once, load_kv() then copies the 16-byte chunks. Keys outside [key_lo, key_hi) are
+  // never read (zeros). A block id outside the cache is never dereferenced: its keys and values
+  // become NaN, which turns every row of the warps that attend that tile into NaN (0 * NaN).
+  auto locate_keys = [&](int t, int stage) {
+    for (int n = threadIdx.x; n < kN; n += kThreads) {
+      const int key = t * kN + n;
+      int64_t off = kNoKey;
+      if (key >= key_lo && key < key_hi) {
+        const int b = key / p.block_size;
+        const int block = b < p.max_blocks_per_seq ? table[b] : -1;
+        off = block >= 0 && block < p.num_blocks
+                  ? ((static_cast<int64_t>(block) * p.num_kv_heads + kv_head) * p.block_size +
+                     key % p.block_size) * D
+                  : kBadBlock;
+      }
+      key_off_s[stage * kN + n] = off;
+    }
+  };
+  const uint32_t nan2 = (static_cast<uint32_t>(H::kNaNBits) << 16) | H::kNaNBits;
+  auto load_kv = [&](int stage) {
+    T* kd = k_s + stage * kN * kS;
+    T* vd = v_s + stage * kN * kS;
+    static_assert((kN * kChunks) % kThreads == 0, "whole chunks per thread");
+#pragma unroll
+    for (int i = 0; i < kN * kChunks / kThreads; ++i) {
+      const int c = threadIdx.x + i * kThreads;
+      const int n = c / kChunks, chunk = c % kChunks;
+      const int64_t off = key_off_s[stage * kN + n];
+      T* kdst = kd + n * kS + chunk * 8;
+      T* vdst = vd + n * kS + chunk * 8;
+      if (off >= 0) {
+        cp_async16(kdst, k_cache + off + chunk * 8);
+        cp_async16(vdst, v_cache + off + chunk * 8);
+      } else {
+        const uint4 fill =
+            off == kBadBlock ? make_uint4(nan2, nan2, nan2, nan2) : make_uint4(0, 0, 0, 0);
+        *reinterpret_cast<uint4*>(kdst) = fill;
+        *reinterpret_cast<uint4*>(vdst) = fill;
+      }
+    }
+  };
+
+  PartitionState<D> st;  // the partition being computed
+  st.reset();
+  // The fold of the finished partitions (walking CTAs only).
+  float run_o[kSplit ? 1 : D / 8][4], run_m[2], run_l[2];
+  if constexpr (!kSplit) {
+#pragma unroll
+    for (int dt = 0; dt < D / 8; ++dt)
+#pragma unroll
+      for (int c = 0; c < 4; ++c) run_o[dt][c] = 0.0f;
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {
+      run_m[i] = -INFINITY;
+      run_l[i] = 0.0f;
+    }
+  }
+
+  // Pipeline: the offsets of tile t + 1 are published by the barrier that ends iteration t
+  // (or the prologue's), its copies are issued before tile t is computed (two stages) or at
+  // the start of iteration t + 1 (one stage).
+  if (t_begin < t_end) locate_keys(t_begin, 0);
+  if (kStages == 2 && t_begin + 1 < t_end) locate_keys(t_begin + 1, 1);
+  __syncthreads();
+  if (kStages == 2 && t_begin < t_end) load_kv(0);
+  cp_async_commit();
+  for (int t = t_begin; t < t_end; ++t) {
+    const int stage = kStages == 2 ? (t - t_begin) & 1 : 0;
+    if constexpr (kStages == 2) {
+      if (t + 1 < t_end) {
+        load_kv(stage ^ 1);
+        cp_async_commit();
+        cp_async_wait<1>();
+      } else {
+        cp_async_wait<0>();
+      }
+    } else {
+      load_kv(0);
+      cp_async_commit();
+      cp_async_wait<0>();
+    }
+    __syncthreads();
+
+    if (warp_active && t * kN < warp_key_hi && (t + 1) * kN > warp_key_lo)
+      attend_tile<T, D>(st, q_s + warp * 16 * kS, k_s + stage * kN * kS, v_s + stage * kN * kS,
+                        t * kN, row_key_lo, row_key_hi, p.scale_log2, lane);
+
+    const bool partition_done = t + 1 == t_end || ((t + 1) * kN) % kPartition == 0;
+    if (warp_active && partition_done) {
+      float l_sum[2];
+#pragma unroll
+      for (int i = 0; i < 2; ++i) l_sum[i] = quad_sum(st.l[i]);
+      if constexpr (kSplit) {
+        const int q = lane % 4;
+#pragma unroll
+        for (int i = 0; i < 2; ++i) {
+          if (row[i] >= row_end) continue;
+          const int head = kv_head * group + row[i] % group;
+          const int64_t slot =
+              (static_cast<int64_t>(seq) * p.num_heads + head) * p.max_partitions + part;
+          float* dst = p.part_out + slot * D;
+#pragma unroll
+          for (int dt = 0; dt < D / 8; ++dt)
+            *reinterpret_cast<float2*>(dst + dt * 8 + q * 2) =
+                make_float2(st.o[dt][2 * i], st.o[dt][2 * i + 1]);
+          if (q == 0)
+            *reinterpret_cast<float2*>(p.part_ml + slot * 2) = make_float2(st.m[i], l_sum[i]);
+        }
+      } else {
+#pragma unroll
+        for (int i = 0; i < 2; ++i) {
+          float m_new, w_run, w_part;
+          fold_weights(run_m[i], st.m[i], m_new, w_run, w_part);
+          run_m[i] = m_new;
+          run_l[i] = fold_value(run_l[i], w_run, l_sum[i], w_part);
+#pragma unroll
+          for (int dt = 0; dt < D / 8; ++dt)
+#pragma unroll
+            for (int c = 2 * i; c < 2 * i + 2; ++c)
+              run_o[dt][c] = fold_value(run_o[dt][c], w_run, st.o[dt][c], w_part);
+        }
+      }
+      st.reset();
+    }
+    // Offsets of tile t + 2 (two stages; tile t + 1's were located an iteration ago) or t + 1
+    // (one stage), into a slot whose copies have all been issued.
+    const int t_next = kStages == 2 ? t + 2 : t + 1;
+    if (t_next < t_end) locate_keys(t_next, kStages == 2 ? stage : 0);
+    __syncthreads();  // the next iteration's copies overwrite this stage
+  }
+  cp_async_wait<0>();  // no copy may be in flight at exit (t_begin == t_end: the Q tile)
+
+  if constexpr (!kSplit) {
+    if (!warp_active) return;
+    T* out = static_cast<T*>(p.out);
+    const int q = lane % 4;
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {
+      if (row[i] >= row_end) continue;
+      const int64_t token = static_cast<int64_t>(q_begin) + row[i] / group;
+      if (token < 0 || token >= p.num_tokens) continue;
+      const int head = kv_head * group + row[i] % group;
+      T* dst = out + token * p.num_heads * D + static_cast<int64_t>(head) * D;
+#pragma unroll
+      for (int dt = 0; dt < D / 8; ++dt)
+        *reinterpret_cast<typename H::T2*>(dst + dt * 8 + q * 2) = H::pair(
+            finalize(run_o[dt][2 * i], run_l[i]), finalize(run_o[dt][2 * i + 1], run_l[i]));
+    }
+  }
+}
+
+// out for the query token of each split sequence and head: the fold of its partitions
+// [first_key / kPartition, pos / kPartition] from the workspace. Grid (S, Hq), D columns
+// spread over the block's threads.
+template <typename T, int D>
+__global__ void __launch_bounds__(kCombineThreads) PagedAttentionCombineKernel(const Params p) {
+  const int seq = blockIdx.x, head = blockIdx.y;
+  const int q_begin = p.query_start_loc[seq];
+  const int query_len = p.query_start_loc[seq + 1] - q_begin;
+  const int seq_len = p.seq_lens[seq];
+  if (!is_split_seq(query_len, seq_len, p.sliding_window, p.max_partitions)) return;
+  if (q_begin < 0 || q_begin >= p.num_tokens) return;
+  const int pos = seq_len - 1;
+  const int first = first_key_of(pos, p.sliding_window) / kPartition, last = pos / kPartition;
+  const int64_t base = (static_cast<int64_t>(seq) * p.num_heads + head) * p.max_partitions;
+  T* out = static_cast<T*>(p.out) + static_cast<int64_t>(q_begin) * p.num_heads * D +
+           static_cast<int64_t>(head) * D;
+  for (int d = threadIdx.x; d < D; d += blockDim.x) {
+    float run_m = -INFINITY, run_l = 0.0f, run_o = 0.0f;
+    for (int j = first; j <= last; ++j) {
+      const float2 ml = *reinterpret_cast<const float2*>(p.part_ml + (base + j) * 2);
+      float m_new, w_run, w_part;
+      fold_weights(run_m, ml.x, m_new, w_run, w_part);
+      run_m = m_new;
+      run_l = fold_value(run_l, w_run, ml.y, w_part);
+      run_o = fold_value(run_o, w_run, p.part_out[(base + j) * D + d], w_part);
+    }
+    out[d] = HalfType<T>::one(finalize(run_o, run_l));
+  }
+}
+
+// --- host side ----------------------------------------------------------------------------------
+
+int max_partitions_of(const AttentionMetadata& meta) {
+  return std::max(1, (meta.max_seq_len + kPartition - 1) / kPartition);
+}
+
+void check_device_tensor(const Tensor& t, const char* what, DType dtype, const Shape& shape) {
+  LLMCORE_CHECK(t.device() == Device::kCUDA, what, " must be on the cuda device, got ",
+                device_name(t.device()));
+  t.check(what, dtype, shape);
+  LLMCORE_CHECK(t.numel() == 0 || t.data() != nullptr, what, " has no data");
+  LLMCORE_CHECK(reinterpret_cast<uintptr_t>(t.data()) % 16 == 0, what,
+                " must be 16-byte aligned");
+}
+
+// The kernel's dynamic shared memory bytes, after raising its limit to that on the current
+// device (an attribute per device and function: set once per device, under 64 devices).
+template <typename T, int D, bool kSplit>
+size_t prepare() {
+  using Cta = CtaShape<kSplit>;
+  const size_t smem = TileShape<D>::smem_bytes(Cta::kRows, Cta::kStages, sizeof(T));
+  static std::atomic<uint64_t> done_devices{0};
+  int device = 0;
+  LLMCORE_CUDA_CHECK(cudaGetDevice(&device));
+  const uint64_t bit = device < 64 ? uint64_t{1} << device : 0;
+  if (bit == 0 || (done_devices.load(std::memory_order_acquire) & bit) == 0) {
+    LLMCORE_CUDA_CHECK(cudaFuncSetAttribute(PagedAttentionKernel<T, D, kSplit>,
+                                            cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                            static_cast<int>(smem)));
+    done_devices.fetch_or(bit, std::memory_order_release);
+  }
+  return smem;
+}
+
+template <typename T, int D>
+void launch(const Params& p, int64_t num_tokens, cudaStream_t stream) {
+  // Walking slots: sum over s of (floor(qsl[s+1] g / 64) - floor(qsl[s] g / 64) + 1).
+  const int64_t slots = num_tokens * p.group / kBlockM + p.num_seqs;
+  LLMCORE_CHECK(slots <= 0x7fffffff, "paged_attention: ", slots, " query tiles exceed the grid");
+  const size_t smem = prepare<T, D, false>();
+  PagedAttentionKernel<T, D, false>
+      <<<dim3(static_cast<unsigned>(slots), p.num_kv_heads), CtaShape<false>::kThreads, smem,
+         stream>>>(p);
+  LLMCORE_CUDA_CHECK_LAUNCH();
+  if (p.max_partitions > 1) {
+    const int64_t split_y = static_cast<int64_t>(p.num_kv_heads) * p.split_row_tiles;
+    LLMCORE_CHECK(split_y <= 65535, "paged_attention: ", split_y, " split CTAs per partition");
+    const size_t split_smem = prepare<T, D, true>();
+    PagedAttentionKernel<T, D, true>
+        <<<dim3(p.max_partitions, static_cast<unsigned>(split_y), p.num_seqs),
+           CtaShape<true>::kThreads, split_smem, stream>>>(p);
+    LLMCORE_CUDA_CHECK_LAUNCH();
+    PagedAttentionCombineKernel<T, D>
+        <<<dim3(p.num_seqs, p.num_heads), std::min(D, kCombineThreads), 0, stream>>>(p);
+    LLMCORE_CUDA_CHECK_LAUNCH();
+  }
+}
+
+template <typename T>
+void launch_head_dim(const Params& p, int head_dim, int64_t num_tokens, cudaStream_t stream) {
+  switch (head_dim) {
+    case 32: return launch<T, 32>(p, num_tokens, stream);
+    case 64: return launch<T, 64>(p, num_tokens, stream);
+    case 96: return launch<T, 96>(p, num_tokens, stream);
+    case 128: return launch<T, 128>(p, num_tokens, stream);
+    case 256: return launch<T, 256>(p, num_tokens, stream);
+    default:
+      throw_value_error("paged_attention: head_dim ", head_dim,
+                        " is not supported (32, 64, 96, 128 or 256)");
+  }
+}
+
+}  // namespace
+
+size_t paged_attention_workspace_bytes(const AttentionMetadata& meta, const AttnShape& shape) {
+  LLMCORE_CHECK(meta.num_seqs >= 0 && meta.max_seq_len >= 0, "attention metadata: num_seqs ",
+                meta.num_seqs, ", max_seq_len ", meta.max_seq_len);
+  LLMCORE_CHECK(shape.num_heads > 0 && shape.head_dim > 0, "bad attention shape: num_heads ",
+                shape.num_heads, ", head_dim ", shape.head_dim);
+  const int max_partitions = max_partitions_of(meta);
+  if (max_partitions <= 1 || meta.num_seqs == 0) return 0;
+  // part_out [S, Hq, P, D] then part_ml [S, Hq, P, 2], float32.
+  return static_cast<size_t>(meta.num_seqs) * shape.num_heads * max_partitions *
+         (shape.head_dim + 2) * sizeof(float);
+}
+
+void paged_attention(Tensor& out, const Tensor& qkv, const Tensor& k_cache, const Tensor& v_cache,
+                     const AttentionMetadata& meta, const AttnShape& shape, float scale,
+                     int sliding_window, void* workspace, size_t workspace_bytes,
+                     cudaStream_t stream) {
+  const int num_heads = shape.num_heads, num_kv_heads = shape.num_kv_heads;
+  const int head_dim = shape.head_dim;
+  LLMCORE_CHECK(num_heads > 0 && num_kv_heads > 0 && head_dim > 0 &&
+                    num_heads % num_kv_heads == 0,
+                "bad attention shape: num_heads ", num_heads, ", num_kv_heads ", num_kv_heads,
+                ", head_dim ", head_dim);
+  LLMCORE_CHECK_ARG(head_dim == 32 || head_dim == 64 || head_dim == 96 || head_dim == 128 ||
+                        head_dim == 256,
+                    "paged_attention: head_dim ", head_dim,
+                    " is not supported (32, 64, 96, 128 or 256)");
+  LLMCORE_CHECK_ARG(sliding_window >= 0, "sliding_window must be >= 0, got ", sliding_window);
+  LLMCORE_CHECK_ARG(std::isfinite(scale), "attention scale must be finite, got ", scale);
+
+  const DType dtype = qkv.dtype();
+  LLMCORE_CHECK(dtype == DType::kBF16 || dtype == DType::kF16,
+                "paged_attention runs on bfloat16 or float16, got ", dtype_name(dtype));
+  LLMCORE_CHECK(qkv.ndim() == 2, "attention qkv must be [T, (Hq + 2 Hkv) * D], got ",
+                shape_str(qkv.shape()));
+  const int64_t num_tokens = qkv.dim(0);
+  check_device_tensor(qkv, "attention qkv", dtype, {num_tokens, shape.qkv_width()});
+  check_device_tensor(out, "attention out", dtype,
+                      {num_tokens, static_cast<int64_t>(num_heads) * head_dim});
+  LLMCORE_CHECK(k_cache.ndim() == 4, "k_cache must be [NB, Hkv, BS, D], got ",
+                shape_str(k_cache.shape()));
+  const int64_t num_blocks = k_cache.dim(0), block_size = k_cache.dim(2);
+  const Shape cache_shape = {num_blocks, num_kv_heads, block_size, head_dim};
+  check_device_tensor(k_cache, "k_cache", dtype, cache_shape);
+  check_device_tensor(v_cache, "v_cache", dtype, cache_shape);
+  LLMCORE_CHECK(block_size > 0 && num_blocks <= 0x7fffffff, "k_cache ",
+                shape_str(k_cache.shape()), ": bad block size or block count");
+
+  const int num_seqs = meta.num_seqs;
+  LLMCORE_CHECK(num_seqs >= 0 && meta.max_query_len >= 0 && meta.max_seq_len >= 0,
+                "attention metadata: num_seqs ", num_seqs, ", max_query_len ",
+                meta.max_query_len, ", max_seq_len ", meta.max_seq_len);
+  check_device_tensor(meta.query_start_loc, "query_start_loc", DType::kI32, {num_seqs + 1});
+  check_device_tensor(meta.seq_lens, "seq_lens", DType::kI32, {num_seqs});
+  LLMCORE_CHECK(meta.block_tables.ndim() == 2, "block_tables must be [S, max_blocks], got ",
+                shape_str(meta.block_tables.shape()));
+  const int64_t max_blocks = meta.block_tables.dim(1);
+  check_device_tensor(meta.block_tables, "block_tables", DType::kI32, {num_seqs, max_blocks});
+  LLMCORE_CHECK(num_seqs <= 65535, "paged_attention: ", num_seqs,
+                " sequences exceed the grid's limit of 65535");
+  LLMCORE_CHECK(max_blocks <= 0x7fffffff, "block_tables: ", max_blocks, " blocks per sequence");
+
+  const size_t needed = paged_attention_workspace_bytes(meta, shape);
+  LLMCORE_CHECK(workspace_bytes >= needed, "paged_attention workspace holds ", workspace_bytes,
+                " bytes, needs ", needed);
+  LLMCORE_CHECK(needed == 0 || (workspace != nullptr &&
+                                reinterpret_cast<uintptr_t>(workspace) % 16 == 0),
+                "paged_attention workspace must be a 16-byte aligned device pointer");
+  if (num_tokens == 0 || num_seqs == 0) return;
+
+  Params p{};
+  p.out = out.data();
+  p.qkv = qkv.data();
+  p.k_cache = k_cache.data();
+  p.v_cache = v_cache.data();
+  p.query_start_loc = meta.query_start_loc.data_as<int32_t>();
+  p.seq_lens = meta.seq_lens.data_as<int32_t>();
+  p.block_tables = meta.block_tables.data_as<int32_t>();
+  p.max_partitions = max_partitions_of(meta);
+  const int64_t part_rows = static_cast<int64_t>(num_seqs) * num_heads * p.max_partitions;
+  p.part_out = needed > 0 ? static_cast<float*>(workspace) : nullptr;
+  p.part_ml = needed > 0 ? p.part_out + part_rows * head_dim : nullptr;
+  p.num_tokens = num_tokens;
+  p.qkv_width = shape.qkv_width();
+  p.num_seqs = num_seqs;
+  p.num_heads = num_heads;
+  p.num_kv_heads = num_kv_heads;
+  p.group = num_heads / num_kv_heads;
+  p.split_row_tiles = (p.group + kSplitRows - 1) / kSplitRows;
+  p.num_blocks = static_cast<int>(num_blocks);
+  p.block_size = static_cast<int>(block_size);
+  p.max_blocks_per_seq = static_cast<int>(max_blocks);
+  p.sliding_window = sliding_window;
+  p.scale_log2 = static_cast<float>(static_cast<double>(scale) * 1.4426950408889634);
+
+  LLMCORE_DISPATCH_HALF(dtype, T, { launch_head_dim<T>(p, head_dim, num_tokens, stream); });
+}
+
+}  // namespace llmcore::kernels
