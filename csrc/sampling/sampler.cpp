@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <exception>
 #include <limits>
 
 #include "core/error.h"
@@ -138,43 +139,55 @@ int32_t draw(const SamplingParams& params, const double* logits, int vocab_size,
 
 }  // namespace
 
-std::vector<SampleResult> sample(const std::vector<SampleRequest>& rows, int vocab_size) {
-  LLMCORE_CHECK(vocab_size > 0, "vocab_size ", vocab_size);
+// One row: raw logprobs, processed logits, then greedy or one generator draw.
+static void sample_row(const SampleRequest& row, int r, int vocab_size, SampleResult* result) {
   RowScratch& scratch = thread_scratch();
   scratch.logits.resize(vocab_size);
   scratch.weights.resize(vocab_size);
+  LLMCORE_CHECK(row.logits != nullptr && row.params != nullptr, "row ", r);
+  LLMCORE_CHECK(row.num_logprobs >= -1, "row ", r, " num_logprobs ", row.num_logprobs);
+  const SamplingParams& params = *row.params;
 
+  const double lse = log_sum_exp(row.logits, vocab_size, r);
+
+  double* logits = scratch.logits.data();  // [vocab_size] processed
+  std::copy(row.logits, row.logits + vocab_size, logits);
+  apply_logits_processors(row, vocab_size, &scratch.penalties, logits);
+
+  const int32_t best = argmax(logits, vocab_size);
+  if (logits[best] == -kInf) {
+    throw_runtime_error("logits row ", r, ": every token is -inf after the logits processors ",
+                        "(min_tokens masks the stop tokens); nothing can be sampled");
+  }
+  int32_t token = best;
+  if (!params.greedy()) {
+    LLMCORE_CHECK(row.rng != nullptr, "row ", r, " samples randomly but has no generator");
+    token = draw(params, logits, vocab_size, (*row.rng)(), &scratch);
+  }
+  result->token_id = token;
+  result->chosen = token_logprob(row.logits, vocab_size, lse, token);
+  if (row.num_logprobs >= 0) {
+    top_logprobs(row.logits, vocab_size, lse, row.num_logprobs, &scratch.order, &result->top);
+  }
+}
+
+std::vector<SampleResult> sample(const std::vector<SampleRequest>& rows, int vocab_size) {
+  LLMCORE_CHECK(vocab_size > 0, "vocab_size ", vocab_size);
   std::vector<SampleResult> results(rows.size());
-  for (size_t r = 0; r < rows.size(); ++r) {
-    const SampleRequest& row = rows[r];
-    LLMCORE_CHECK(row.logits != nullptr && row.params != nullptr, "row ", r);
-    LLMCORE_CHECK(row.num_logprobs >= -1, "row ", r, " num_logprobs ", row.num_logprobs);
-    const SamplingParams& params = *row.params;
-
-    const double lse = log_sum_exp(row.logits, vocab_size, static_cast<int>(r));
-
-    double* logits = scratch.logits.data();  // [vocab_size] processed
-    std::copy(row.logits, row.logits + vocab_size, logits);
-    apply_logits_processors(row, vocab_size, &scratch.penalties, logits);
-
-    const int32_t best = argmax(logits, vocab_size);
-    if (logits[best] == -kInf) {
-      throw_runtime_error("logits row ", r, ": every token is -inf after the logits processors ",
-                          "(min_tokens masks the stop tokens); nothing can be sampled");
-    }
-    int32_t token = best;
-    if (!params.greedy()) {
-      LLMCORE_CHECK(row.rng != nullptr, "row ", r, " samples randomly but has no generator");
-      token = draw(params, logits, vocab_size, (*row.rng)(), &scratch);
-    }
-
-    SampleResult& result = results[r];
-    result.token_id = token;
-    result.chosen = token_logprob(row.logits, vocab_size, lse, token);
-    if (row.num_logprobs >= 0) {
-      top_logprobs(row.logits, vocab_size, lse, row.num_logprobs, &scratch.order, &result.top);
+  // Rows are independent (each has its own generator and scratch), so they run in parallel with
+  // results identical to a serial loop. An exception is carried out of the parallel region.
+  std::exception_ptr error;
+  const int64_t num_rows = static_cast<int64_t>(rows.size());
+#pragma omp parallel for schedule(dynamic, 1) if (num_rows > 1)
+  for (int64_t r = 0; r < num_rows; ++r) {
+    try {
+      sample_row(rows[r], static_cast<int>(r), vocab_size, &results[r]);
+    } catch (...) {
+#pragma omp critical(llmcore_sample_error)
+      if (!error) error = std::current_exception();
     }
   }
+  if (error) std::rethrow_exception(error);
   return results;
 }
 

@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# One lease on a GPU machine: build with CUDA, run the kernel tests and the GPU end-to-end
+# tests, then the benchmarks. Logs and JSON go to $OUT (the device tool fetches them).
+#   bash benchmarks/gpu_session.sh [stages...]   stages: build ctest pytest latency throughput peers
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-/tmp/llmcore-out}; mkdir -p "$OUT"
+stages=${*:-build ctest pytest latency throughput}
+source benchmarks/device_env.sh
+export PYTHONPATH=$PWD/python:$PWD/tests/python PYTHONUNBUFFERED=1
+build=/tmp/llmcore-build
+has() { [[ " $stages " == *" $1 "* ]]; }
+if has build; then
+  cmake -S . -B $build -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES=90a-real \
+    -Dpybind11_DIR="$(python3 -m pybind11 --cmakedir)" > "$OUT/build.log" 2>&1 &&
+    cmake --build $build -j "$(nproc)" >> "$OUT/build.log" 2>&1 || { echo "BUILD FAILED"; tail -30 "$OUT/build.log"; exit 1; }
+  echo "build ok"
+fi
+cp $build/_C*.so python/llmcore/
+if has ctest; then
+  timeout 300 ctest --test-dir $build -j 8 --output-on-failure > "$OUT/ctest.log" 2>&1
+  echo "ctest rc=$? $(grep -E 'tests passed' "$OUT/ctest.log")"; grep -E "\(Failed\)|\(SEGFAULT\)|Timeout" "$OUT/ctest.log" | head
+fi
+if has pytest; then
+  timeout 400 python3 -m pytest tests/python/test_gpu.py -v -p no:cacheprovider > "$OUT/pytest_gpu.log" 2>&1
+  echo "pytest gpu rc=$?"; grep -E "PASSED|FAILED|SKIPPED|Error|assert" "$OUT/pytest_gpu.log" | head -20
+fi
+if has latency; then
+  timeout 300 python3 benchmarks/latency.py --model benchmarks/configs/llama-3-8b > "$OUT/latency.log" 2>&1
+  echo "latency rc=$?"; tail -3 "$OUT/latency.log"
+fi
+if has throughput; then
+  timeout 420 python3 benchmarks/throughput.py --model benchmarks/configs/llama-3-8b --input-len 1024 \
+    --output-len 128 --num-prompts 1000 > "$OUT/throughput.log" 2>&1
+  echo "throughput rc=$?"; tail -3 "$OUT/throughput.log"
+fi
+if has peers; then
+  timeout 420 python3 benchmarks/peers/hf_transformers.py --model benchmarks/configs/llama-3-8b > "$OUT/peers.log" 2>&1
+  echo "peers rc=$?"; tail -5 "$OUT/peers.log"
+fi
+cp benchmarks/results/*.json "$OUT/" 2>/dev/null
+exit 0
