@@ -11,6 +11,7 @@
 #include <utility>
 #include <vector>
 
+#include "core/error.h"
 #include "core/tensor.h"
 
 namespace llmcore {
@@ -43,6 +44,30 @@ struct KVCache {
   std::vector<Tensor> k;
   std::vector<Tensor> v;
 };
+
+// Checks a copy_kv_blocks request (pairs inside [0, num_blocks); every layer's k and v on
+// `device`, [NB, Hkv, BS, D], alike) and returns the layers' tensors as one flat list.
+inline std::vector<Tensor*> kv_copy_layers(KVCache& cache, const std::vector<std::pair<int, int>>& src_dst,
+                                           Device device) {
+  LLMCORE_CHECK(cache.k.size() == cache.v.size(), "kv cache has ", cache.k.size(), " k layers and ",
+                cache.v.size(), " v layers");
+  for (const auto& [src, dst] : src_dst)
+    LLMCORE_CHECK(src >= 0 && src < cache.num_blocks && dst >= 0 && dst < cache.num_blocks,
+                  "copy_kv_blocks pair (", src, ", ", dst, ") is outside [0, ", cache.num_blocks, ")");
+  std::vector<Tensor*> layers;
+  for (size_t l = 0; l < cache.k.size(); ++l) {
+    for (Tensor* t : {&cache.k[l], &cache.v[l]}) {
+      LLMCORE_CHECK(t->device() == device && t->ndim() == 4 && t->dim(0) == cache.num_blocks &&
+                        t->dim(2) == cache.block_size && t->shape() == cache.k[0].shape() &&
+                        t->dtype() == cache.k[0].dtype(),
+                    "kv cache layer ", l, " is ", device_name(t->device()), " ", dtype_name(t->dtype()), " ",
+                    shape_str(t->shape()), ", expected ", device_name(device), " [", cache.num_blocks,
+                    ", Hkv, ", cache.block_size, ", D] like layer 0");
+      layers.push_back(t);
+    }
+  }
+  return layers;
+}
 
 class Backend {
  public:

@@ -226,25 +226,7 @@ void CudaBackend::gather_rows(Tensor& out, const Tensor& x, const Tensor& indice
 }
 
 void CudaBackend::copy_kv_blocks(KVCache& cache, const std::vector<std::pair<int, int>>& src_dst) {
-  LLMCORE_CHECK(cache.k.size() == cache.v.size(), "kv cache has ", cache.k.size(), " k layers and ",
-                cache.v.size(), " v layers");
-  for (const auto& [src, dst] : src_dst)
-    LLMCORE_CHECK(src >= 0 && src < cache.num_blocks && dst >= 0 && dst < cache.num_blocks,
-                  "copy_kv_blocks pair (", src, ", ", dst, ") is outside [0, ", cache.num_blocks,
-                  ")");
-  // Both caches of every layer, as one flat list of [NB, Hkv, BS, D] tensors.
-  std::vector<Tensor*> layers;
-  for (size_t l = 0; l < cache.k.size(); ++l) {
-    for (Tensor* t : {&cache.k[l], &cache.v[l]}) {
-      LLMCORE_CHECK(t->device() == Device::kCUDA && t->ndim() == 4 &&
-                        t->dim(0) == cache.num_blocks && t->dim(2) == cache.block_size &&
-                        t->shape() == cache.k[0].shape() && t->dtype() == cache.k[0].dtype(),
-                    "kv cache layer ", l, " is ", device_name(t->device()), " ",
-                    dtype_name(t->dtype()), " ", shape_str(t->shape()), ", expected cuda [",
-                    cache.num_blocks, ", Hkv, ", cache.block_size, ", D] like layer 0");
-      layers.push_back(t);
-    }
-  }
+  std::vector<Tensor*> layers = kv_copy_layers(cache, src_dst, Device::kCUDA);
   if (src_dst.empty() || layers.empty()) return;
   cuda::DeviceGuard guard(device_);
   kernels::copy_kv_blocks(layers, src_dst, stream_);
