@@ -87,7 +87,11 @@ def device_slug(name: str) -> str:
 
 
 def git_commit() -> str:
-    """HEAD's hash, with '-dirty' when tracked files differ from it; 'unknown' outside git."""
+    """The commit the results belong to: $LLMCORE_COMMIT when set (the lent GPU machines receive
+    the working tree without git), else HEAD's hash with '-dirty' when tracked files differ from
+    it, else HEAD read from .git by hand (no dirty check possible), else 'unknown'."""
+    if os.environ.get("LLMCORE_COMMIT"):
+        return os.environ["LLMCORE_COMMIT"]
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True,
                                 text=True, check=True).stdout.strip()
@@ -95,7 +99,31 @@ def git_commit() -> str:
                                capture_output=True, text=True, check=True).stdout.strip()
         return commit + ("-dirty" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
-        return "unknown"
+        pass
+    return _head_from_git_dir(ROOT / ".git") or "unknown"
+
+
+def _head_from_git_dir(git_dir: Path) -> Optional[str]:
+    """HEAD's hash from .git/HEAD, the loose ref or packed-refs; None when they are missing."""
+    try:
+        head = (git_dir / "HEAD").read_text().strip()
+    except OSError:
+        return None
+    if not head.startswith("ref: "):
+        return head or None
+    ref = head[len("ref: "):]
+    try:
+        return (git_dir / ref).read_text().strip() + "-unverified"
+    except OSError:
+        pass
+    try:
+        for line in (git_dir / "packed-refs").read_text().splitlines():
+            parts = line.split()
+            if len(parts) == 2 and parts[1] == ref:
+                return parts[0] + "-unverified"
+    except OSError:
+        pass
+    return None
 
 
 def command_line() -> str:

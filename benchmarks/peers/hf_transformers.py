@@ -9,17 +9,21 @@ random initialisation, nothing downloaded. Parts (--parts, run in this order):
   cb        offline throughput with transformers' continuous batching, model.generate_batch():
             --num-prompts prompts of --input-len random ids, --output-len new tokens each
             (greedy, EOS disabled), timed after a warm-up call that builds and warms the same
-            continuous-batching manager (persistent_manager=True, so the timed call reuses it,
-            CUDA graphs already captured). Where generate_batch does not exist (transformers
+            continuous-batching manager (persistent_manager=True: the timed call reuses it, its
+            KV cache allocated and any CUDA graphs captured). Where generate_batch does not exist (transformers
             < 4.56) it falls back to model.generate() on padded static batches of --batch-size,
             and the JSON's "method" says which ran. Reports vLLM's three rates.
   eager     batch-1 latency: model.generate(do_sample=False, min_new_tokens=max_new_tokens)
             with the default dynamic cache, no compilation.
-  compiled  the same with a static cache and torch.compile as HF documents it:
-            generation_config.cache_implementation = "static" and
+  compiled  the same with a static cache (generation_config.cache_implementation = "static"),
+            which transformers (>= 4.48) compiles by itself for the decode steps (its default
+            CompileConfig: mode="reduce-overhead", so CUDA graphs): HF's static-cache + compile
+            path as transformers 5 runs it.
+  compiled_forward (optional) HF's older documented recipe on top of that:
             model.forward = torch.compile(model.forward, mode="reduce-overhead", fullgraph=True).
-  compiled_auto (optional) a static cache only, with the compilation transformers >= 4.48
-            applies to the decode step by itself (its default CompileConfig).
+            With transformers 5.17 and torch 2.11 it fails (CUDA-graph outputs overwritten by a
+            later replay, once with a segfault: seen on an H200), with or without
+            generation_config.disable_compile; kept to check later versions.
 For the batch-1 parts, prompts are --decode-input-len random ids; prefill = median time of
 generate(max_new_tokens=1); decode ms/token = (median t(N) - median t(1)) / (N - 1) with
 N = --decode-output-len, as benchmarks/latency.py computes it; --num-iters-warmup untimed runs
@@ -38,7 +42,6 @@ import argparse
 import dataclasses
 import gc
 import inspect
-import json
 import os
 import sys
 import time
@@ -49,15 +52,17 @@ from typing import Any, Dict, List
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import common  # noqa: E402
 
-PART_ORDER = ["cb", "eager", "compiled_auto", "compiled"]
+PART_ORDER = ["cb", "eager", "compiled", "compiled_forward"]
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", type=Path, default=common.DEFAULT_MODEL, help="config directory")
-    p.add_argument("--hf-overrides", default=None, help='JSON merged into config.json, e.g. \'{"num_hidden_layers": 2}\'')
+    p.add_argument("--hf-overrides", default=None,
+                   help='JSON merged into config.json, e.g. \'{"num_hidden_layers": 2}\'')
     p.add_argument("--parts", default="eager,compiled,cb",
-                   help=f"comma-separated, from {','.join(PART_ORDER)} (default eager,compiled,cb)")
+                   help=f"comma-separated, from {','.join(PART_ORDER)} (default eager,compiled,cb; "
+                        "compiled_forward failed with transformers 5.17 / torch 2.11)")
     p.add_argument("--device", default="cuda", choices=["cuda", "cpu"], help="cpu is for smoke tests")
     p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
     p.add_argument("--attn-implementation", default=None, help="passed to from_config (default: HF's choice)")
@@ -69,14 +74,15 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--input-len", type=common.positive_int, default=1024)
     t.add_argument("--output-len", type=common.positive_int, default=128)
     t.add_argument("--num-warmup-prompts", type=common.positive_int, default=8)
-    t.add_argument("--cb-num-blocks", type=common.positive_int, default=None, help="ContinuousBatchingConfig.num_blocks")
+    t.add_argument("--cb-num-blocks", type=common.positive_int, default=None,
+                   help="ContinuousBatchingConfig.num_blocks")
     t.add_argument("--cb-max-batch-tokens", type=common.positive_int, default=None,
                    help="ContinuousBatchingConfig.max_batch_tokens")
     t.add_argument("--cb-max-memory-percent", type=float, default=None,
                    help="ContinuousBatchingConfig.max_memory_percent")
     t.add_argument("--batch-size", type=common.positive_int, default=32,
                    help="batch of the padded-generate fallback (only without generate_batch)")
-    d = p.add_argument_group("batch-1 parts (eager, compiled, compiled_auto), as benchmarks/latency.py")
+    d = p.add_argument_group("batch-1 parts (eager, compiled, compiled_forward), as benchmarks/latency.py")
     d.add_argument("--decode-input-len", type=common.positive_int, default=128)
     d.add_argument("--decode-output-len", type=common.positive_int, default=128)
     d.add_argument("--num-iters", type=common.positive_int, default=5)
@@ -182,7 +188,7 @@ def part_eager(model, torch, args, vocab_size, gen) -> Dict[str, Any]:
     return result
 
 
-def part_compiled_auto(model, torch, args, vocab_size, gen) -> Dict[str, Any]:
+def part_compiled(model, torch, args, vocab_size, gen) -> Dict[str, Any]:
     reset_compilation(model, torch)
     model.generation_config.cache_implementation = "static"
     model.generation_config.disable_compile = False
@@ -191,12 +197,13 @@ def part_compiled_auto(model, torch, args, vocab_size, gen) -> Dict[str, Any]:
     finally:
         model.generation_config.cache_implementation = None
         reset_compilation(model, torch)
-    result["method"] = "generate, cache_implementation='static', transformers' automatic decode compile"
+    result["method"] = ("generate, cache_implementation='static', compiled by transformers itself "
+                        "(its default CompileConfig: mode='reduce-overhead')")
     result["compile_config"] = str(getattr(model.generation_config, "compile_config", None))
     return result
 
 
-def part_compiled(model, torch, args, vocab_size, gen) -> Dict[str, Any]:
+def part_compiled_forward(model, torch, args, vocab_size, gen) -> Dict[str, Any]:
     reset_compilation(model, torch)
     model.generation_config.cache_implementation = "static"
     model.forward = torch.compile(model.forward, mode="reduce-overhead", fullgraph=True)
@@ -366,7 +373,7 @@ def short_summary(part: str, r: Dict[str, Any]) -> str:
     return f"{part} {rate:.1f} tok/s" if rate else f"{part} n/a"
 
 
-PARTS = {"cb": part_cb, "eager": part_eager, "compiled_auto": part_compiled_auto, "compiled": part_compiled}
+PARTS = {"cb": part_cb, "eager": part_eager, "compiled": part_compiled, "compiled_forward": part_compiled_forward}
 
 
 def main(argv=None) -> int:
@@ -405,8 +412,12 @@ def main(argv=None) -> int:
     record = common.new_record("hf_transformers", args.device, args, "torch", "transformers")
     record.update({"model_config": config, "num_parameters": num_params, "build_s": build_s,
                    "attn_implementation": model.config._attn_implementation, "parts": {}})
+    # Written after every part, so a part that kills the process leaves the others' results.
+    out_path = common.write_record(record, args.output_json)
     failed = False
     for part in parts:  # generate / generate_batch set no_grad themselves, as users run them
+        record["parts"][part] = {"error": "did not finish (the process died in this part)"}
+        common.write_record(record, str(out_path))
         t0 = time.perf_counter()
         try:
             result = PARTS[part](model, torch, args, vocab_size, gen)
@@ -415,13 +426,13 @@ def main(argv=None) -> int:
             result = {"error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()}
         result["part_wall_s"] = time.perf_counter() - t0
         record["parts"][part] = result
+        if args.device == "cuda":
+            record["max_memory_allocated_gib"] = torch.cuda.max_memory_allocated() / 2**30
+        common.write_record(record, str(out_path))
         print(describe(part, result, args), flush=True)
         free_memory(torch, args.device)
-    if args.device == "cuda":
-        record["max_memory_allocated_gib"] = torch.cuda.max_memory_allocated() / 2**30
 
-    path = common.write_record(record, args.output_json)
-    print(f"Results: {path}")
+    print(f"Results: {out_path}")
     print(f"hf_transformers {transformers.__version__} (torch {torch.__version__}) on {record['device']}: "
           + "; ".join(short_summary(p, record["parts"][p]) for p in parts))
     return 1 if failed else 0

@@ -156,14 +156,17 @@ int Executor::profile_num_kv_blocks(double gpu_memory_utilization, int max_num_b
   cuda->reset_peak_memory_stats();
   execute(out, lrs);
   cuda->synchronize();
-  const size_t peak = cuda->memory_stats().peak_reserved_bytes;
+  // Peak bytes handed out during the step: this engine's weights, the profiling cache and the
+  // activations (cached free blocks of engines already gone are not counted: they are reusable).
+  const size_t peak_in_use = cuda->memory_stats().peak_in_use_bytes;
   kv_cache_ = KVCache{};  // the profiling cache goes back to the allocator
   const size_t reserved_now = cuda->memory_stats().reserved_bytes;
   const cuda::MemoryInfo mem = cuda->memory_info();
   // Device memory used by everything but our allocator (context, cuBLAS workspace, other
-  // processes) stays used; our allocator may grow to the profiled peak again.
+  // processes) stays used.
   const double used_elsewhere = static_cast<double>(mem.total_bytes - mem.free_bytes) - reserved_now;
-  const double budget = gpu_memory_utilization * static_cast<double>(mem.total_bytes) - used_elsewhere - peak;
+  const double budget =
+      gpu_memory_utilization * static_cast<double>(mem.total_bytes) - used_elsewhere - peak_in_use;
   const double block_bytes = static_cast<double>(kv_block_bytes(model_config_, block_size, kv_dtype()));
   return budget <= 0 ? 0 : static_cast<int>(budget / block_bytes);
 #else

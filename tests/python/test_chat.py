@@ -24,6 +24,7 @@ jinja2 = pytest.importorskip("jinja2")
 pytest.importorskip("transformers")
 pytest.importorskip("sentencepiece")
 
+BIG_BIAS = 100.0  # a logit_bias far above the fixture model's logit spread: the token always wins
 CHAT_TOKENS = ["<|im_start|>", "<|im_end|>", "<|begin_of_text|>", "<|start_header_id|>",
                "<|end_header_id|>", "<|eot_id|>"]
 
@@ -587,3 +588,109 @@ def test_llm_chat_without_template_is_a_clear_error(make_llm):
     llm = make_llm("llama_gqa")  # the fixture checkpoints ship no chat template
     with pytest.raises(ValueError, match="no chat template"):
         llm.chat(CONVERSATIONS["single"])
+
+
+# -- Llama-3 style: tokenizer.json, <|eot_id|> from generation_config.json -------------------------
+
+LLAMA3_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+                r"|\s*[\r\n]+|\s+(?!\S)|\s+")
+LLAMA3_SPECIALS = ["<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>",
+                   "<|eot_id|>", "<|im_start|>", "<|im_end|>"]
+
+
+def _llama3_style_tokenizer(out: Path) -> dict:
+    """Trains a byte-level BPE with Llama-3's split regex and special tokens; writes
+    tokenizer.json and tokenizer_config.json (with the Llama-3 chat template) to `out`.
+    Returns {special token: id}."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+
+    tok = Tokenizer(models.BPE(ignore_merges=True))
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(LLAMA3_SPLIT), behavior="isolated", invert=False),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=LLAMA3_SPECIALS, show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(fixtures.training_text().splitlines(), trainer)
+    ids = {t: tok.token_to_id(t) for t in LLAMA3_SPECIALS}
+    bos = "<|begin_of_text|>"
+    tok.post_processor = processors.TemplateProcessing(
+        single=f"{bos} $A", pair=f"{bos} $A {bos} $B", special_tokens=[(bos, ids[bos])])
+    tok.save(str(out / "tokenizer.json"))
+    config = {"tokenizer_class": "PreTrainedTokenizerFast", "bos_token": bos, "eos_token": "<|eot_id|>",
+              "clean_up_tokenization_spaces": True, "chat_template": LLAMA3,
+              "added_tokens_decoder": {str(i): {"content": t, "special": True, "lstrip": False, "rstrip": False,
+                                                "normalized": False, "single_word": False}
+                                       for t, i in ids.items()}}
+    (out / "tokenizer_config.json").write_text(json.dumps(config, indent=2))
+    return ids
+
+
+@pytest.fixture(scope="module")
+def bpe_tokenizer_dir(tmp_path_factory):
+    """(directory, {special token: id}) of the Llama-3-style tokenizer.json tokenizer."""
+    d = tmp_path_factory.mktemp("llama3_style_tokenizer")
+    return d, _llama3_style_tokenizer(d)
+
+
+def _hf_fast(directory: Path):
+    from transformers import PreTrainedTokenizerFast
+
+    return PreTrainedTokenizerFast(tokenizer_file=str(directory / "tokenizer.json"),
+                                   bos_token="<|begin_of_text|>", eos_token="<|eot_id|>")
+
+
+@pytest.mark.parametrize("conv_name", list(CONVERSATIONS))
+@pytest.mark.parametrize("template_name", list(TEMPLATES))
+def test_ids_match_transformers_with_tokenizer_json(llmcore, bpe_tokenizer_dir, template_name, conv_name):
+    """Token ids of every template through a byte-level tokenizer.json, against transformers'
+    fast tokenizer (where whitespace runs tokenize the same on both sides)."""
+    template, conversation = TEMPLATES[template_name], CONVERSATIONS[conv_name]
+    if template_name == "llama2" and conversation[-1]["role"] != "user":
+        pytest.skip("Llama-2's template requires alternating roles")
+    d, _ = bpe_tokenizer_dir
+    t, hf = llmcore.Tokenizer.from_pretrained(d), _hf_fast(d)
+    assert t.special_tokens_map == hf.special_tokens_map
+    kw = dict(add_generation_prompt=True, tools=[TOOL], documents=DOCUMENTS)
+    assert t.apply_chat_template(conversation, chat_template=template, tokenize=False, **kw) == _hf_render(
+        hf, conversation, template, **kw)
+    assert t.apply_chat_template(conversation, chat_template=template, **kw) == _hf_ids(
+        hf, conversation, template, **kw)
+
+
+def test_llama3_style_model_stops_at_eot_id_from_generation_config(llmcore, tmp_path, checkpoint,
+                                                                   bpe_tokenizer_dir):
+    d = tmp_path / "llama3_style"
+    shutil.copytree(checkpoint("llama_gqa"), d)
+    for f in ("tokenizer.model", "tokenizer_config.json", "special_tokens_map.json"):
+        (d / f).unlink()
+    src, ids = bpe_tokenizer_dir
+    for f in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(src / f, d / f)
+    eot, end = ids["<|eot_id|>"], ids["<|end_of_text|>"]
+    # config.json names <|end_of_text|> only; <|eot_id|> is listed in generation_config.json, as
+    # in Meta-Llama-3-8B-Instruct (the tokenizer's eos is made <|end_of_text|> too, so that only
+    # generation_config.json can make <|eot_id|> a stop token).
+    cfg = json.loads((d / "config.json").read_text())
+    cfg.update(bos_token_id=ids["<|begin_of_text|>"], eos_token_id=end)
+    (d / "config.json").write_text(json.dumps(cfg))
+    tcfg = json.loads((d / "tokenizer_config.json").read_text())
+    tcfg["eos_token"] = "<|end_of_text|>"
+    (d / "tokenizer_config.json").write_text(json.dumps(tcfg))
+    (d / "generation_config.json").write_text(json.dumps(
+        {"bos_token_id": ids["<|begin_of_text|>"], "eos_token_id": [end, eot]}))
+
+    from conftest import DEFAULT_LLM_KWARGS
+
+    llm = llmcore.LLM(model=str(d), **DEFAULT_LLM_KWARGS)
+    try:
+        assert eot in llm.llm_engine.native.eos_token_ids
+        conv = CONVERSATIONS["multi_turn"]
+        params = llmcore.SamplingParams(temperature=0.0, max_tokens=10, logit_bias={eot: BIG_BIAS})
+        (out,) = llm.chat(conv, params)
+        hf = _hf_fast(d)
+        assert out.prompt_token_ids == _hf_ids(hf, conv, LLAMA3, add_generation_prompt=True)
+        o = out.outputs[0]
+        assert (o.token_ids, o.finish_reason, o.stop_reason, o.text) == ([eot], "stop", None, "")
+    finally:
+        llm.shutdown()

@@ -126,7 +126,10 @@ def test_tiny_checkpoints_match_hf_in_bf16(kind, cuda, llmcore, tmp_path, tokeni
                 assert tok == int(np.argmax(row)), f"{kind}: step {j} chose {tok}, HF argmax {int(np.argmax(row))}"
     print(f"{kind}: max |prompt logprob - HF fp32| llmcore bf16 {worst:.4f}, HF bf16 {worst_hf16:.4f}; "
           f"{compared}/{steps} greedy steps compared")
-    assert worst <= 2e-2, f"{kind}: prompt logprob differs from HF float32 by {worst:.4f} (HF bf16: {worst_hf16:.4f})"
+    # bf16 tolerance: within 2e-2 of the float32 reference, or no further from it than HF's own
+    # bf16 run of the same checkpoint.
+    assert worst <= max(2e-2, worst_hf16), \
+        f"{kind}: prompt logprob differs from HF float32 by {worst:.4f} (HF bf16: {worst_hf16:.4f})"
     assert compared >= steps // 3, f"{kind}: only {compared} of {steps} greedy steps had a clear margin"
 
 
