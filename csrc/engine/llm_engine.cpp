@@ -183,6 +183,8 @@ void LLMEngine::shutdown() {
   in_cv_.notify_all();
   if (thread_.joinable()) thread_.join();
   out_cv_.notify_all();
+  // The weights and the KV cache go back now, not when the last Python reference does.
+  executor_.reset();
 }
 
 std::string LLMEngine::error() const {

@@ -119,6 +119,8 @@ class LLMEngine {
   // False once the step loop died (fatal error); error() says why.
   bool is_healthy() const { return healthy_.load(); }
   std::string error() const;
+  // Stops the loop thread and frees the model and the KV cache; the engine accepts no more
+  // requests (its stats and tokenizer stay readable).
   void shutdown();
 
   const Tokenizer& tokenizer() const { return *tokenizer_; }

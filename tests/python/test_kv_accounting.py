@@ -110,3 +110,17 @@ def test_blocks_free_after_rejected_request(llm, llmcore):
         llm.generate(["The cat", {"prompt_token_ids": []}],
                      llmcore.SamplingParams(max_tokens=4), use_tqdm=False)
     fixtures.assert_all_blocks_free(llm)
+
+
+def test_shutdown_refuses_new_requests_and_keeps_stats(llmcore, checkpoint):
+    """After shutdown the engine has let go of its model and cache: new requests are refused
+    with a clear error, while the stats snapshot and the tokenizer stay usable."""
+    llm = llmcore.LLM(model=str(checkpoint("llama_gqa")), device="cpu", num_gpu_blocks_override=64)
+    out = llm.generate("The cat", llmcore.SamplingParams(max_tokens=3, ignore_eos=True), use_tqdm=False)[0]
+    assert len(out.outputs[0].token_ids) == 3
+    llm.shutdown()
+    stats = llm.llm_engine.get_stats()
+    assert stats["num_free_blocks"] == stats["num_total_blocks"] == 64
+    assert llm.get_tokenizer().encode("The cat")
+    with pytest.raises((ValueError, RuntimeError)):
+        llm.generate("The cat", llmcore.SamplingParams(max_tokens=3), use_tqdm=False)
