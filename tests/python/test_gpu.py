@@ -165,11 +165,12 @@ def test_llama3_8b_shape_two_layers_matches_hf_bf16(cuda, llmcore, tmp_path, tok
                       rms_norm_eps=1e-5, rope_theta=500000.0, tie_word_embeddings=False,
                       bos_token_id=1, eos_token_id=2)
     torch.manual_seed(0)
-    model = LlamaForCausalLM(cfg).to(torch.bfloat16)
-    model.save_pretrained(tmp_path, safe_serialization=True)
+    LlamaForCausalLM(cfg).to(torch.bfloat16).save_pretrained(tmp_path, safe_serialization=True)
     for f in ("tokenizer.model", "tokenizer_config.json"):
         (tmp_path / f).write_bytes((tokenizer_dir / f).read_bytes())
-    hf16 = model.to("cuda").eval()
+    # References loaded from the checkpoint: casting an in-memory model with .to(bfloat16) would
+    # also round its rotary inv_freq buffer, an error that grows with position.
+    hf16 = LlamaForCausalLM.from_pretrained(tmp_path, dtype=torch.bfloat16).to("cuda").eval()
     rng = np.random.default_rng(0)
     prompts = [{"prompt_token_ids": rng.integers(0, 128256, size=n).tolist()} for n in (17, 128, 300)]
     params = llmcore.SamplingParams(temperature=0.0, max_tokens=16, ignore_eos=True, prompt_logprobs=1,
@@ -178,7 +179,8 @@ def test_llama3_8b_shape_two_layers_matches_hf_bf16(cuda, llmcore, tmp_path, tok
         outs = llm.generate(prompts, params, use_tqdm=False)
     seqs = [list(o.prompt_token_ids) + list(o.outputs[0].token_ids) for o in outs]
     lp16 = [fixtures.log_softmax(_hf_logits_cuda(hf16, torch, ids)) for ids in seqs]
-    hf32 = hf16.float()
+    del hf16
+    hf32 = LlamaForCausalLM.from_pretrained(tmp_path, dtype=torch.float32).to("cuda").eval()
     lp32 = [fixtures.log_softmax(_hf_logits_cuda(hf32, torch, ids)) for ids in seqs]
     ours_err = hf16_err = ours_vs_hf16 = 0.0
     ours_wrong = hf16_wrong = clear = 0
