@@ -8,6 +8,9 @@ OUT=${OUT:-/tmp/llmcore-out}; mkdir -p "$OUT"
 stages=${*:-build ctest pytest latency throughput}
 source benchmarks/device_env.sh
 export PYTHONPATH=$PWD/python:$PWD/tests/python PYTHONUNBUFFERED=1
+# The device tree has no git: the commit comes from COMMIT, written where the tree was prepared
+# (git rev-parse --short HEAD > COMMIT), unless LLMCORE_COMMIT is set.
+export LLMCORE_COMMIT=${LLMCORE_COMMIT:-$(cat COMMIT 2>/dev/null || echo unknown)}
 build=/tmp/llmcore-build
 has() { [[ " $stages " == *" $1 "* ]]; }
 if has build; then

@@ -41,7 +41,7 @@ void bind_tokenizer(py::module_& m) {
       .def_property_readonly("bos_token_id", &Tokenizer::bos_token_id)
       .def_property_readonly("eos_token_id", &Tokenizer::eos_token_id);
   m.def("load_tokenizer", [](const std::string& dir) { return std::shared_ptr<Tokenizer>(load_tokenizer(dir)); },
-        py::arg("path"), "Loads the tokenizer of a checkpoint directory (tokenizer.model).");
+        py::arg("path"), "Loads the tokenizer of a checkpoint directory: tokenizer.json when present, else tokenizer.model.");
 }
 
 }  // namespace llmcore

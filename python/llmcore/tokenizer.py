@@ -27,9 +27,10 @@ MessageList = List[Dict[str, Any]]
 
 
 class Tokenizer:
-    """Encodes and decodes with the engine's native tokenizer (sentencepiece for tokenizer.model
-    checkpoints) and renders chat templates. `path` is the checkpoint (or tokenizer) directory,
-    where the chat template and tokenizer_config.json are read from."""
+    """Encodes and decodes with the engine's native tokenizer (HF tokenizer.json BPE in C++, or
+    sentencepiece for tokenizer.model checkpoints), plus HF-style chat templates. `path` is the
+    checkpoint (or tokenizer) directory, where the chat template and tokenizer_config.json are
+    read from."""
 
     def __init__(self, native, path: Optional[Union[str, "os.PathLike[str]"]] = None) -> None:
         self._native = native  # _C.Tokenizer
