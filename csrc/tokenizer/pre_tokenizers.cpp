@@ -65,25 +65,33 @@ SplitBehavior parse_behavior(const json& j, const std::string& origin) {
                     "Contiguous");
 }
 
+// Splits every piece at the matches of `pattern` (anything with for_each_match(s, on_match)),
+// keeping the parts as `behavior` says; the result replaces list's pieces.
+template <typename Pattern>
+void split_pieces(PieceList* list, PieceList* scratch, bool invert, SplitBehavior behavior,
+                  const Pattern& pattern) {
+  std::vector<TextPiece>& out = scratch->pieces;
+  out.clear();
+  std::vector<Span> spans;
+  std::vector<Span> kept;
+  for (const TextPiece& piece : list->pieces) {
+    const std::string_view s = list->view(piece);
+    collect_spans(s.size(), invert, [&](auto&& on_match) { pattern.for_each_match(s, on_match); },
+                  &spans);
+    kept.clear();
+    apply_split_behavior(spans, behavior, &kept);
+    push_spans(piece, kept, &out);
+  }
+  list->pieces.swap(out);
+}
+
 class SplitPreTokenizer final : public PreTokenizer {
  public:
   SplitPreTokenizer(TextPattern pattern, SplitBehavior behavior, bool invert)
       : pattern_(std::move(pattern)), behavior_(behavior), invert_(invert) {}
 
   void pre_tokenize(PieceList* list, PieceList* scratch) const override {
-    std::vector<TextPiece>& out = scratch->pieces;
-    out.clear();
-    std::vector<Span> spans;
-    std::vector<Span> kept;
-    for (const TextPiece& piece : list->pieces) {
-      const std::string_view s = list->view(piece);
-      collect_spans(s.size(), invert_,
-                    [&](auto&& on_match) { pattern_.for_each_match(s, on_match); }, &spans);
-      kept.clear();
-      apply_split_behavior(spans, behavior_, &kept);
-      push_spans(piece, kept, &out);
-    }
-    list->pieces.swap(out);
+    split_pieces(list, scratch, invert_, behavior_, pattern_);
   }
 
  private:
@@ -132,19 +140,7 @@ class DigitsPreTokenizer final : public PreTokenizer {
         behavior_(individual_digits ? SplitBehavior::kIsolated : SplitBehavior::kContiguous) {}
 
   void pre_tokenize(PieceList* list, PieceList* scratch) const override {
-    std::vector<TextPiece>& out = scratch->pieces;
-    out.clear();
-    std::vector<Span> spans;
-    std::vector<Span> kept;
-    for (const TextPiece& piece : list->pieces) {
-      const std::string_view s = list->view(piece);
-      collect_spans(s.size(), false,
-                    [&](auto&& on_match) { numeric_.for_each_match(s, on_match); }, &spans);
-      kept.clear();
-      apply_split_behavior(spans, behavior_, &kept);
-      push_spans(piece, kept, &out);
-    }
-    list->pieces.swap(out);
+    split_pieces(list, scratch, /*invert=*/false, behavior_, numeric_);
   }
 
  private:
