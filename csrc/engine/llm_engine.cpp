@@ -9,26 +9,15 @@
 #include <nlohmann/json.hpp>
 
 #include "core/error.h"
+#include "engine/llm_engine_internal.h"
 
 namespace llmcore {
 
+using engine_detail::contains;
+using engine_detail::now_s;
+using engine_detail::seq_delta;
+
 namespace {
-
-double now_s() {
-  return std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
-}
-
-const char* reason_name(FinishReason r) {
-  switch (r) {
-    case FinishReason::kStop: return "stop";
-    case FinishReason::kLength: return "length";
-    case FinishReason::kAbort: return "abort";
-    case FinishReason::kNone: return "";
-  }
-  return "";
-}
-
-bool contains(const std::vector<int32_t>& v, int32_t x) { return std::find(v.begin(), v.end(), x) != v.end(); }
 
 // generation_config.json's eos_token_id (an int, a list of ints, null or absent) of a checkpoint
 // directory; empty when the file or the field is missing. Models like Llama-3-Instruct list their
@@ -60,24 +49,6 @@ std::vector<int64_t> generation_config_eos_ids(const std::filesystem::path& mode
 }
 
 }  // namespace
-
-struct LLMEngine::SeqState {
-  Sequence seq;
-  std::unique_ptr<IncrementalDetokenizer> detok;
-};
-
-struct LLMEngine::Request {
-  std::string id;
-  SamplingParams params;
-  int max_tokens = 0;                        // resolved: params.max_tokens or what max_model_len leaves
-  std::vector<std::unique_ptr<SeqState>> seqs;
-  bool forked = false;                       // n > 1 children created
-  int num_finished = 0;
-  int prompt_logprobs_next = 1;              // next prompt position whose logprobs are due
-  std::vector<PositionLogprobs> prompt_logprobs;
-  std::vector<int32_t> stop_masked_ids;      // eos ids masked while min_tokens is not reached
-  double arrival_time = 0, first_scheduled_time = 0, first_token_time = 0;
-};
 
 LLMEngine::LLMEngine(const EngineConfig& config) : config_(config), seed_rng_(config.seed) {
   namespace fs = std::filesystem;
@@ -363,95 +334,6 @@ void LLMEngine::admit(std::unique_ptr<Request> req) {
   seq_index_[&st.seq] = {&r, &st};
   scheduler_->add(&st.seq);
   requests_[r.id] = std::move(req);
-}
-
-RequestDelta& LLMEngine::delta_for(std::unordered_map<Request*, RequestDelta>& deltas, Request& req) {
-  auto it = deltas.find(&req);
-  if (it != deltas.end()) return it->second;
-  RequestDelta& d = deltas[&req];
-  d.request_id = req.id;
-  d.arrival_time = req.arrival_time;
-  return d;
-}
-
-PositionLogprobs LLMEngine::make_position(const TokenLogprob& chosen, const std::vector<TokenLogprob>& top) const {
-  PositionLogprobs p;
-  p.entries.push_back(chosen);
-  for (const TokenLogprob& t : top) {
-    if (t.token_id != chosen.token_id) p.entries.push_back(t);
-  }
-  for (const TokenLogprob& t : p.entries) p.decoded.push_back(decode_one(t.token_id));
-  return p;
-}
-
-std::string LLMEngine::decode_one(int32_t token_id) const {
-  // The model's vocabulary may be larger than the tokenizer's (padded embeddings): those ids
-  // have no text, as in HF.
-  if (token_id < 0 || token_id >= tokenizer_->vocab_size()) return std::string();
-  return tokenizer_->decode({token_id}, false);
-}
-
-static SequenceDelta& seq_delta(RequestDelta& d, int index) {
-  for (SequenceDelta& s : d.seqs) {
-    if (s.index == index) return s;
-  }
-  d.seqs.emplace_back();
-  d.seqs.back().index = index;
-  return d.seqs.back();
-}
-
-void LLMEngine::finish_seq(Request& req, SeqState& st, FinishReason reason) {
-  Sequence& seq = st.seq;
-  if (seq.finished()) return;
-  scheduler_->finish(&seq);
-  seq.finish_reason = reason;
-  ++req.num_finished;
-}
-
-void LLMEngine::append_token(Request& req, SeqState& st, const SampleResult& r, RequestDelta& delta) {
-  Sequence& seq = st.seq;
-  const SamplingParams& p = req.params;
-  const int32_t tok = r.token_id;
-  seq.token_ids.push_back(tok);
-  seq.cumulative_logprob += r.chosen.logprob;
-  ++counters_.num_generation_tokens;
-
-  SequenceDelta& sd = seq_delta(delta, seq.index);
-  sd.token_ids.push_back(tok);
-  if (p.logprobs) sd.logprobs.push_back(make_position(r.chosen, r.top));
-
-  const int num_out = seq.num_output_tokens();
-  const bool stops_armed = num_out >= p.min_tokens;  // min_tokens suppresses every stop but length
-  FinishReason reason = FinishReason::kNone;
-  if (stops_armed && !p.ignore_eos && contains(eos_token_ids_, tok)) {
-    reason = FinishReason::kStop;
-  } else if (stops_armed && contains(p.stop_token_ids, tok)) {
-    reason = FinishReason::kStop;
-    sd.stop_token = tok;
-  }
-  // A stop token's own text is left out unless include_stop_str_in_output (as vLLM does).
-  IncrementalDetokenizer::Update upd;
-  // Ids past the tokenizer (a model's padded embedding rows) have no text.
-  const bool has_text = tok < tokenizer_->vocab_size();
-  if (st.detok && has_text && (reason == FinishReason::kNone || p.include_stop_str_in_output)) {
-    upd = st.detok->append(tok, stops_armed && reason == FinishReason::kNone);
-    sd.text += upd.text_delta;
-    if (upd.stopped) {
-      reason = FinishReason::kStop;
-      sd.stop_str = upd.stop_str;
-      sd.has_stop_str = true;
-    }
-  }
-  if (reason == FinishReason::kNone && (num_out >= req.max_tokens || seq.num_tokens() >= max_model_len_)) {
-    reason = FinishReason::kLength;
-  }
-  if (reason != FinishReason::kNone) {
-    if (st.detok && !upd.stopped) sd.text += st.detok->flush();
-    finish_seq(req, st, reason);
-    sd.finished = true;
-    sd.finish_reason = reason_name(reason);
-  }
-  sd.cumulative_logprob = seq.cumulative_logprob;
 }
 
 void LLMEngine::step() {
