@@ -69,7 +69,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    app = create_app(llm, served_model_names=args.served_model_name or [args.model or args.model_tag or model],
+    app = create_app(llm, served_model_names=args.served_model_name or [args.model or args.model_tag or TINY_RANDOM_MODEL.name],
                      api_key=args.api_key, chat_template=chat_template, model_path=model)
     try:
         uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
