@@ -35,6 +35,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--chat-template", default=None,
                    help="a Jinja chat template, or the path of a file holding one (default: the model's)")
+    p.add_argument("--max-num-queued-requests", type=int, default=None,
+                   help="engine requests in flight beyond which new calls get 503 + Retry-After (default: no limit)")
+    p.add_argument("--max-request-body-bytes", type=int, default=16 * 1024 * 1024,
+                   help="request bodies over this many bytes get 413 (default: 16 MiB)")
+    p.add_argument("--allowed-origins", nargs="+", default=None,
+                   help="origins allowed by CORS ('*' for any); no CORS headers without it")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     return p
 
@@ -69,8 +75,15 @@ def main(argv: Optional[List[str]] = None) -> int:
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    app = create_app(llm, served_model_names=args.served_model_name or [args.model or args.model_tag or TINY_RANDOM_MODEL.name],
-                     api_key=args.api_key, chat_template=chat_template, model_path=model)
+    try:
+        app = create_app(llm, served_model_names=args.served_model_name or [args.model or args.model_tag or TINY_RANDOM_MODEL.name],
+                         api_key=args.api_key, chat_template=chat_template, model_path=model,
+                         max_num_queued_requests=args.max_num_queued_requests,
+                         max_request_body_bytes=args.max_request_body_bytes, allowed_origins=args.allowed_origins)
+    except ValueError as e:
+        llm.shutdown()
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     try:
         uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
     finally:

@@ -1,6 +1,6 @@
-"""The FastAPI application: OpenAI endpoints, /health, /version, /tokenize, /detokenize, API-key
-checks and OpenAI-shaped errors for everything that goes wrong (validation errors are 400, as
-OpenAI answers them, not FastAPI's 422)."""
+"""The FastAPI application: OpenAI endpoints, /health, /version, /tokenize, /detokenize, /metrics,
+API-key checks, a request-body size limit, optional CORS and OpenAI-shaped errors for everything
+that goes wrong (validation errors are 400, as OpenAI answers them, not FastAPI's 422)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import hmac
 from typing import Optional, Sequence
 
 from fastapi import FastAPI, Request
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -16,14 +17,71 @@ from .. import __version__
 from ..engine import EngineDeadError
 from ..llm import LLM
 from .errors import APIError, bad_request
+from .metrics import ServerMetrics
 from .protocol import (ChatCompletionRequest, CompletionRequest, DetokenizeRequest, DetokenizeResponse,
                        ErrorResponse, ModelCard, ModelList, TokenizeRequest, TokenizeResponse, VersionResponse)
 from .serving import OpenAIServing
 
-# Paths open without the API key (load balancers probe them).
-_OPEN_PATHS = ("/health", "/version")
+# Paths open without the API key (load balancers and Prometheus probe them).
+_OPEN_PATHS = ("/health", "/version", "/metrics")
 
-_ERROR_RESPONSES = {code: {"model": ErrorResponse} for code in (400, 401, 404, 503)}
+_ERROR_RESPONSES = {code: {"model": ErrorResponse} for code in (400, 401, 404, 413, 503)}
+
+DEFAULT_MAX_REQUEST_BODY_BYTES = 16 * 1024 * 1024
+
+
+class _BodySizeLimit:
+    """ASGI middleware: a request body over `limit` bytes gets 413 with an OpenAI error body.
+
+    A declared Content-Length over the limit is refused before reading; otherwise the body
+    (chunked or not) is read into memory up to the limit and replayed to the app, which reads
+    whole JSON bodies anyway."""
+
+    def __init__(self, app, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def _refuse(self, scope, receive, send, size: str) -> None:
+        err = APIError(413, f"the request body is {size} bytes, over the limit of {self.limit} bytes "
+                            f"(--max-request-body-bytes)", code="request_too_large")
+        await err.response()(scope, receive, send)
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        for name, value in scope.get("headers", ()):
+            if name == b"content-length":
+                try:
+                    declared = int(value)
+                except ValueError:
+                    break
+                if declared > self.limit:
+                    await self._refuse(scope, receive, send, str(declared))
+                    return
+        chunks = []
+        total = 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":  # the client left: let the app see it
+                replay = [message]
+                break
+            chunk = message.get("body", b"")
+            total += len(chunk)
+            if total > self.limit:
+                await self._refuse(scope, receive, send, f"more than {self.limit}")
+                return
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                replay = [{"type": "http.request", "body": b"".join(chunks), "more_body": False}]
+                break
+
+        async def replayed():
+            if replay:
+                return replay.pop(0)
+            return await receive()
+
+        await self.app(scope, replayed, send)
 
 
 def _validation_param(loc: Sequence) -> Optional[str]:
@@ -36,14 +94,24 @@ def _validation_param(loc: Sequence) -> Optional[str]:
 
 
 def create_app(llm: LLM, served_model_names: Optional[Sequence[str]] = None, api_key: Optional[str] = None,
-               chat_template: Optional[str] = None, model_path: Optional[str] = None) -> FastAPI:
+               chat_template: Optional[str] = None, model_path: Optional[str] = None,
+               max_num_queued_requests: Optional[int] = None,
+               max_request_body_bytes: int = DEFAULT_MAX_REQUEST_BODY_BYTES,
+               allowed_origins: Optional[Sequence[str]] = None) -> FastAPI:
     """An app serving `llm` under `served_model_names` (the first is reported in responses;
-    default: model_path). With api_key, every endpoint but /health and /version needs
-    `Authorization: Bearer <api_key>`."""
+    default: model_path). With api_key, every endpoint but /health, /version and /metrics needs
+    `Authorization: Bearer <api_key>`. max_num_queued_requests: engine requests in flight beyond
+    which calls get 503 + Retry-After (None: no limit). Bodies over max_request_body_bytes get
+    413. CORS headers are sent only for allowed_origins (["*"] for any)."""
+    if max_request_body_bytes < 1:
+        raise ValueError(f"max_request_body_bytes must be >= 1; got {max_request_body_bytes}")
     names = list(served_model_names or [model_path or "llmcore"])
-    serving = OpenAIServing(llm, names, chat_template=chat_template)
+    metrics = ServerMetrics(llm.llm_engine, names[0])
+    serving = OpenAIServing(llm, names, chat_template=chat_template,
+                            max_num_queued_requests=max_num_queued_requests, metrics=metrics)
     app = FastAPI(title="llmcore OpenAI-compatible server", version=__version__)
     app.state.serving = serving
+    app.state.metrics = metrics
 
     # -- errors -----------------------------------------------------------------------------
     @app.exception_handler(APIError)
@@ -85,7 +153,18 @@ def create_app(llm: LLM, served_model_names: Optional[Sequence[str]] = None, api
                                 code="invalid_api_key").response()
             return await call_next(request)
 
+    # Added last, so outermost: oversized bodies are refused before auth reads anything, and
+    # CORS headers also go on error responses.
+    app.add_middleware(_BodySizeLimit, limit=max_request_body_bytes)
+    if allowed_origins:
+        app.add_middleware(CORSMiddleware, allow_origins=list(allowed_origins), allow_credentials=True,
+                           allow_methods=["*"], allow_headers=["*"])
+
     # -- endpoints --------------------------------------------------------------------------
+    @app.get("/metrics", include_in_schema=False)
+    async def metrics_endpoint() -> Response:
+        return Response(content=metrics.exposition(), media_type=metrics.content_type)
+
     @app.get("/health")
     async def health() -> Response:
         """200 while the engine serves requests, 503 once it has stopped."""

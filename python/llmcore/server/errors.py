@@ -15,8 +15,10 @@ class APIError(Exception):
     """An error the server answers with an OpenAI error object and `status`."""
 
     def __init__(self, status: int, message: str, param: Optional[str] = None,
-                 code: Optional[str] = None, type: str = "invalid_request_error") -> None:
+                 code: Optional[str] = None, type: str = "invalid_request_error",
+                 headers: Optional[Dict[str, str]] = None) -> None:
         super().__init__(message)
+        self.headers = headers
         self.status = status
         self.message = message
         self.param = param
@@ -26,7 +28,7 @@ class APIError(Exception):
     def response(self) -> JSONResponse:
         body = ErrorResponse(error=ErrorInfo(message=self.message, type=self.type,
                                              param=self.param, code=self.code))
-        return JSONResponse(status_code=self.status, content=body.model_dump())
+        return JSONResponse(status_code=self.status, content=body.model_dump(), headers=self.headers)
 
 
 def bad_request(message: str, param: Optional[str] = None, code: Optional[str] = None) -> APIError:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
-from typing import Any, AsyncIterator, Dict, List, Optional, Sequence, Tuple
+from typing import Any, AsyncIterator, Callable, Dict, List, Optional, Sequence, Tuple
 
 from .. import SamplingParams
 from ..async_engine import AsyncLLM
@@ -19,6 +19,7 @@ from ..engine import EngineDeadError
 from ..llm import LLM
 from ..outputs import PositionLogprobs, RequestOutput
 from .errors import APIError, bad_request, from_value_error
+from .metrics import ServerMetrics
 from .protocol import (ChatCompletionChoice, ChatCompletionRequest, ChatCompletionResponse,
                        ChatCompletionStreamChoice, ChatCompletionStreamResponse, ChatResponseMessage,
                        ChatTokenLogprob, ChoiceLogprobs, CompletionChoice, CompletionLogprobs,
@@ -29,6 +30,9 @@ from .protocol import (ChatCompletionChoice, ChatCompletionRequest, ChatCompleti
 _MIN_LOGPROB = -9999.0
 # OpenAI's logit_bias range.
 _LOGIT_BIAS_LIMIT = 100.0
+
+# Seconds a client refused for a full queue is told to wait (the Retry-After header).
+RETRY_AFTER_S = 1
 
 # (prompt text or None, prompt token ids)
 Prompt = Tuple[Optional[str], List[int]]
@@ -50,8 +54,16 @@ SSE_DONE = "data: [DONE]\n\n"
 class OpenAIServing:
     """The state the endpoints share: the engine, its tokenizer and the served model names."""
 
-    def __init__(self, llm: LLM, served_model_names: Sequence[str], chat_template: Optional[str] = None) -> None:
+    def __init__(self, llm: LLM, served_model_names: Sequence[str], chat_template: Optional[str] = None,
+                 max_num_queued_requests: Optional[int] = None, metrics: Optional[ServerMetrics] = None) -> None:
+        if max_num_queued_requests is not None and max_num_queued_requests < 1:
+            raise ValueError(f"max_num_queued_requests must be >= 1; got {max_num_queued_requests}")
         self.llm = llm
+        # Engine requests (one per prompt of an API call) this server has queued and not yet
+        # released; at most max_num_queued_requests of them (None: no limit).
+        self.max_num_queued_requests = max_num_queued_requests
+        self.num_in_flight = 0
+        self.metrics = metrics
         self.engine = llm.llm_engine
         self.async_llm = AsyncLLM(self.engine)
         self.tokenizer = llm.get_tokenizer()
@@ -127,10 +139,21 @@ class OpenAIServing:
     async def start(self, request_id: str, prompts: List[Prompt], params: List[SamplingParams],
                     renames: Dict[str, str], prompt_param: str) -> "_Run":
         """Queues every prompt at once and waits for each one's first output; a ValueError from
-        the engine (prompt too long, ids outside the vocabulary) aborts them all and is a 400."""
+        the engine (prompt too long, ids outside the vocabulary) aborts them all and is a 400.
+        With a queue limit, a call whose prompts do not all fit is refused with 503 + Retry-After
+        before anything is queued or streamed."""
+        limit = self.max_num_queued_requests
+        if limit is not None and self.num_in_flight + len(prompts) > limit:
+            raise APIError(503, f"the server is overloaded: {self.num_in_flight} requests are in flight, "
+                                f"this call adds {len(prompts)} and --max-num-queued-requests is {limit}; "
+                                f"retry after {RETRY_AFTER_S} s",
+                           type="server_error", code="queue_full", headers={"Retry-After": str(RETRY_AFTER_S)})
+        # Counted before the first await, so concurrent calls on the event loop see each other.
+        self.num_in_flight += len(prompts)
         gens = [self.async_llm.generate(ids, p, request_id=f"{request_id}-{i}", prompt=text)
                 for i, ((text, ids), p) in enumerate(zip(prompts, params))]
-        run = _Run(self.engine, gens)
+        run = _Run(self.engine, gens, on_finished=self.metrics.observe_finished if self.metrics else None,
+                   on_release=self._release)
         firsts = await asyncio.gather(*(g.__anext__() for g in gens), return_exceptions=True)
         failure = next((f for f in firsts if isinstance(f, BaseException)), None)
         if failure is not None:
@@ -144,6 +167,9 @@ class OpenAIServing:
             raise failure
         run.firsts = list(firsts)
         return run
+
+    def _release(self, count: int) -> None:
+        self.num_in_flight -= count
 
     # -- completions --------------------------------------------------------------------------
     def completion_prompts(self, prompt: Any) -> List[Prompt]:
@@ -379,9 +405,14 @@ class _Run:
     """The live requests of one API call: their async generators (each already past its first
     output, kept in `firsts`) merged into one stream of (prompt index, cumulative output)."""
 
-    def __init__(self, engine, gens: List[AsyncIterator[RequestOutput]]) -> None:
+    def __init__(self, engine, gens: List[AsyncIterator[RequestOutput]],
+                 on_finished: Optional[Callable[[RequestOutput], None]] = None,
+                 on_release: Optional[Callable[[int], None]] = None) -> None:
         self._engine = engine
         self._gens = gens
+        self._on_finished = on_finished
+        # Returns this call's queue slots (one per prompt) exactly once, at the first abort().
+        self._on_release = on_release
         self._request_ids: List[str] = []
         self.firsts: List[RequestOutput] = []
         self._finished: set = set()
@@ -413,8 +444,10 @@ class _Run:
                     continue
                 if isinstance(item, Exception):
                     raise item
-                if item.finished:
+                if item.finished and item.request_id not in self._finished:
                     self._finished.add(item.request_id)
+                    if self._on_finished is not None:
+                        self._on_finished(item)
                 yield i, item
         finally:
             for t in tasks:
@@ -434,6 +467,17 @@ class _Run:
             if rid not in self._finished:
                 self._finished.add(rid)
                 self._engine.abort_request(rid)
+        if self._on_release is not None:
+            release, self._on_release = self._on_release, None
+            release(len(self._gens))
+
+    def __del__(self) -> None:
+        # A streaming response dropped before its body was iterated never runs the body's
+        # finally: its requests and queue slots are returned when the run is collected.
+        try:
+            self.abort()
+        except Exception:
+            pass
 
 
 def _usage(finals: Sequence[Optional[RequestOutput]]) -> UsageInfo:
