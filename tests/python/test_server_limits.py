@@ -8,9 +8,7 @@ requests this file makes (usage counts, request counts) and from the engine's ow
 
 from __future__ import annotations
 
-import contextlib
 import json
-import socket
 import threading
 import time
 
@@ -20,33 +18,11 @@ from conftest import DEFAULT_LLM_KWARGS
 
 httpx = pytest.importorskip("httpx")
 uvicorn = pytest.importorskip("uvicorn")
+from server_util import serve  # noqa: E402  (needs uvicorn)
 prom_parser = pytest.importorskip("prometheus_client.parser")
 
 MODEL = "tiny"
 MAX_MODEL_LEN = 512
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@contextlib.contextmanager
-def _serve(app):
-    port = _free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "server did not start"
-        time.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
 
 
 def _new_llm(llmcore, checkpoint):
@@ -94,7 +70,7 @@ def test_burst_over_queue_limit_gets_503_with_retry_after(shared_llm):
     # requests still hold their slots while the overflow arrives.
     statuses_known = threading.Barrier(burst)
 
-    with _serve(app) as url:
+    with serve(app) as url:
         def client(k: int) -> None:
             body = {"model": MODEL, "prompt": f"Request number {k} says", "max_tokens": 200,
                     "ignore_eos": True, "stream": True}
@@ -142,7 +118,7 @@ def test_call_with_more_prompts_than_free_slots_is_refused_whole(shared_llm):
     from llmcore.server import create_app
 
     app = create_app(shared_llm, served_model_names=[MODEL], max_num_queued_requests=2)
-    with _serve(app) as url:
+    with serve(app) as url:
         r = httpx.post(url + "/v1/completions", timeout=30,
                        json={"model": MODEL, "prompt": ["a", "b", "c"], "max_tokens": 2})
         _assert_openai_error(r, 503)
@@ -159,7 +135,7 @@ def test_oversized_body_gets_413(shared_llm):
 
     limit = 4096
     app = create_app(shared_llm, served_model_names=[MODEL], max_request_body_bytes=limit)
-    with _serve(app) as url:
+    with serve(app) as url:
         big = json.dumps({"model": MODEL, "prompt": "x" * (2 * limit), "max_tokens": 1}).encode()
         r = httpx.post(url + "/v1/completions", content=big, timeout=30,
                        headers={"content-type": "application/json"})
@@ -206,7 +182,7 @@ def test_metrics_match_engine_stats_and_requests(llmcore, checkpoint):
     llm = _new_llm(llmcore, checkpoint)  # fresh engine: its counters start at 0
     try:
         app = create_app(llm, served_model_names=[MODEL])
-        with _serve(app) as url:
+        with serve(app) as url:
             requests = [("The first prompt here", 5, False), ("Another one", 7, True), ("Third text of all", 4, True)]
             prompt_tokens = completion_tokens = 0
             for prompt, max_tokens, stream in requests:
@@ -267,7 +243,7 @@ def test_kv_usage_gauge_rises_while_busy_and_returns_to_zero(shared_llm):
     from llmcore.server import create_app
 
     app = create_app(shared_llm, served_model_names=[MODEL])
-    with _serve(app) as url:
+    with serve(app) as url:
         body = {"model": MODEL, "prompt": "Keep going for a while", "max_tokens": 450, "ignore_eos": True,
                 "stream": True}
         seen_busy = None
@@ -296,7 +272,7 @@ def test_metrics_registries_are_per_app(shared_llm):
     a = create_app(shared_llm, served_model_names=[MODEL])
     b = create_app(shared_llm, served_model_names=[MODEL])
     assert a.state.metrics.registry is not b.state.metrics.registry
-    with _serve(a) as url_a, _serve(b) as url_b:
+    with serve(a) as url_a, serve(b) as url_b:
         r = httpx.post(url_a + "/v1/completions", timeout=30,
                        json={"model": MODEL, "prompt": "only on a", "max_tokens": 2})
         assert r.status_code == 200
@@ -310,7 +286,7 @@ def test_metrics_open_without_api_key(shared_llm):
     from llmcore.server import create_app
 
     app = create_app(shared_llm, served_model_names=[MODEL], api_key="secret")
-    with _serve(app) as url:
+    with serve(app) as url:
         assert httpx.get(url + "/metrics", timeout=10).status_code == 200
         _assert_openai_error(httpx.get(url + "/v1/models", timeout=10), 401)
 
@@ -320,7 +296,7 @@ def test_no_cors_headers_unless_allowed_origins(shared_llm):
     from llmcore.server import create_app
 
     origin = "http://chat.example.com"
-    with _serve(create_app(shared_llm, served_model_names=[MODEL])) as url:
+    with serve(create_app(shared_llm, served_model_names=[MODEL])) as url:
         r = httpx.get(url + "/v1/models", headers={"Origin": origin}, timeout=10)
         assert r.status_code == 200
         assert not any(k.lower().startswith("access-control-") for k in r.headers)
@@ -329,7 +305,7 @@ def test_no_cors_headers_unless_allowed_origins(shared_llm):
         assert not any(k.lower().startswith("access-control-") for k in pre.headers)
 
     app = create_app(shared_llm, served_model_names=[MODEL], allowed_origins=[origin])
-    with _serve(app) as url:
+    with serve(app) as url:
         r = httpx.get(url + "/v1/models", headers={"Origin": origin}, timeout=10)
         assert r.status_code == 200
         assert r.headers["access-control-allow-origin"] == origin

@@ -10,9 +10,6 @@ from __future__ import annotations
 import json
 import math
 import shutil
-import socket
-import threading
-import time
 
 import pytest
 
@@ -22,6 +19,7 @@ from conftest import DEFAULT_LLM_KWARGS
 openai = pytest.importorskip("openai")
 httpx = pytest.importorskip("httpx")
 uvicorn = pytest.importorskip("uvicorn")
+from server_util import serve  # noqa: E402  (needs uvicorn)
 
 API_KEY = "test-key-123"
 MODEL = "tiny-chat"
@@ -29,12 +27,6 @@ MAX_MODEL_LEN = 512
 CHATML = ("{% for message in messages %}{{'<|im_start|>' + message['role'] + '\\n' + message['content']"
           " + '<|im_end|>' + '\\n'}}{% endfor %}{% if add_generation_prompt %}{{'<|im_start|>assistant\\n'}}"
           "{% endif %}")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -48,17 +40,8 @@ def served(llmcore, checkpoint, tmp_path_factory):
     kwargs = dict(DEFAULT_LLM_KWARGS, num_gpu_blocks_override=256, max_model_len=MAX_MODEL_LEN)
     llm = llmcore.LLM(model=str(model_dir), **kwargs)
     app = create_app(llm, served_model_names=[MODEL], api_key=API_KEY, model_path=str(model_dir))
-    port = _free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "server did not start"
-        time.sleep(0.02)
-    yield f"http://127.0.0.1:{port}", llm
-    server.should_exit = True
-    thread.join(timeout=10)
+    with serve(app) as base_url:
+        yield base_url, llm
     llm.shutdown()
 
 
