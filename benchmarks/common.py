@@ -166,13 +166,15 @@ def new_record(benchmark: str, device: str, args: argparse.Namespace, *modules: 
     }
 
 
-def write_record(record: Dict[str, Any], output_json: Optional[str] = None) -> Path:
-    """Writes the record to output_json, or to results/<benchmark>-<device-slug>-<date>.json."""
+def write_record(record: Dict[str, Any], output_json: Optional[str] = None,
+                 results_dir: Optional[Path] = None) -> Path:
+    """Writes the record to output_json, or to <benchmark>-<device-slug>-<date>.json in results_dir
+    (default: results/)."""
     if output_json:
         path = Path(output_json)
     else:
         stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-        path = RESULTS_DIR / f"{record['benchmark']}-{record['device_slug']}-{stamp}.json"
+        path = Path(results_dir or RESULTS_DIR) / f"{record['benchmark']}-{record['device_slug']}-{stamp}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(record, indent=2, default=str) + "\n")
     return path

@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # One lease on a GPU machine: build with CUDA, run the kernel tests and the GPU end-to-end
 # tests, then the benchmarks. Logs and JSON go to $OUT (the device tool fetches them).
-#   bash benchmarks/gpu_session.sh [stages...]   stages: build ctest pytest latency throughput peers
+#   bash benchmarks/gpu_session.sh [stages...]   stages: build ctest pytest latency throughput serving profile peers
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/llmcore-out}; mkdir -p "$OUT"
+touch /tmp/llmcore-session-start
 stages=${*:-build ctest pytest latency throughput}
 source benchmarks/device_env.sh
 export PYTHONPATH=$PWD/python:$PWD/tests/python PYTHONUNBUFFERED=1
@@ -37,9 +38,20 @@ if has throughput; then
     --output-len 128 --num-prompts 1000 > "$OUT/throughput.log" 2>&1
   echo "throughput rc=$?"; tail -3 "$OUT/throughput.log"
 fi
+if has serving; then
+  timeout 590 python3 benchmarks/serving.py --launch-server --model benchmarks/configs/llama-3-8b \
+    --tokenizer python/llmcore/models/tiny-random --load-format dummy --max-concurrency 64 --compare-offline \
+    --disable-tqdm > "$OUT/serving.log" 2>&1
+  echo "serving rc=$?"; tail -3 "$OUT/serving.log"
+fi
+if has profile; then
+  timeout 400 python3 benchmarks/profile_step.py --model benchmarks/configs/llama-3-8b > "$OUT/profile.log" 2>&1
+  echo "profile rc=$?"; grep -E "^== |^ " "$OUT/profile.log" | head -60
+fi
 if has peers; then
   timeout 420 python3 benchmarks/peers/hf_transformers.py --model benchmarks/configs/llama-3-8b > "$OUT/peers.log" 2>&1
   echo "peers rc=$?"; tail -5 "$OUT/peers.log"
 fi
-cp benchmarks/results/*.json "$OUT/" 2>/dev/null
+# Only this session's records (the device tool brings back a limited number of files).
+find benchmarks/results -name "*.json" -newer /tmp/llmcore-session-start -exec cp {} "$OUT/" \;
 exit 0

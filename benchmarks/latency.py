@@ -73,11 +73,19 @@ class Runner:
         return seconds
 
 
+STEP_PHASES = ("time_schedule_s", "time_execute_s", "time_sample_s", "time_output_s")
+
+
 def measure(runner: Runner, batch_size: int, args) -> dict:
     for _ in range(args.num_iters_warmup):
         runner.run(batch_size, args.output_len)
     prefill = [runner.run(batch_size, 1) for _ in range(args.num_iters)]
+    before = runner.llm.llm_engine.get_stats()
     full = [runner.run(batch_size, args.output_len) for _ in range(args.num_iters)]
+    after = runner.llm.llm_engine.get_stats()
+    steps = after["num_steps"] - before["num_steps"]
+    # Host time per engine step by phase, over the full runs (mostly decode steps).
+    phases = {k[5:-2]: (after[k] - before[k]) / steps * 1e3 for k in STEP_PHASES if k in after and steps}
     t1, tn = common.median(prefill), common.median(full)
     decode_s = (tn - t1) / (args.output_len - 1)
     return {
@@ -90,6 +98,7 @@ def measure(runner: Runner, batch_size: int, args) -> dict:
         "decode_tokens_per_s_per_seq": 1.0 / decode_s if decode_s > 0 else None,
         "decode_tokens_per_s": batch_size / decode_s if decode_s > 0 else None,
         "prefill_tokens_per_s": batch_size * args.input_len / t1,
+        "host_ms_per_step": phases,
     }
 
 
@@ -122,7 +131,8 @@ def main(argv=None) -> int:
     for batch_size in args.batch_sizes:
         r = measure(runner, batch_size, args)
         results.append(r)
-        print(f"Latency {describe(r)}", flush=True)
+        phases = ", ".join(f"{k} {v:.3f}" for k, v in r["host_ms_per_step"].items())
+        print(f"Latency {describe(r)}; host ms per step: {phases}", flush=True)
     stats = llm.llm_engine.get_stats()
     llm.shutdown()
 

@@ -50,7 +50,12 @@ def count_tokens(outputs) -> tuple:
 
 # get_stats() counters that only grow; the others (num_running, kv_cache_usage, ...) are gauges.
 CUMULATIVE_STATS = ("num_preemptions", "prefix_cache_queries", "prefix_cache_hits", "num_prompt_tokens",
-                    "num_generation_tokens", "num_steps", "num_requests_finished")
+                    "num_generation_tokens", "num_steps", "num_requests_finished",
+                    "time_schedule_s", "time_execute_s", "time_sample_s", "time_output_s")
+
+
+# Host seconds per phase of the engine step (see EngineStats in csrc/engine/llm_engine.h).
+STEP_PHASES = ("time_schedule_s", "time_execute_s", "time_sample_s", "time_output_s")
 
 
 def stats_delta(before: dict, after: dict) -> dict:
@@ -133,6 +138,11 @@ def main(argv=None) -> int:
     print(f"Total num prompt tokens:  {prompt_tokens}")
     print(f"Total num output tokens:  {output_tokens}")
     print(f"Elapsed: {elapsed:.3f} s on {record['device']} (startup {startup_s:.1f} s, warm-up {warmup_s:.1f} s)")
+    timed = record["engine_stats_timed"]
+    if timed.get("num_steps"):
+        print("Host time per step (ms): " + ", ".join(
+            f"{k[5:-2]} {timed[k] / timed['num_steps'] * 1e3:.3f}" for k in STEP_PHASES if k in timed)
+            + f" over {timed['num_steps']} steps")
     print(f"Results: {path}")
     print(f"Throughput: {result['requests_per_s']:.2f} requests/s, {result['total_tokens_per_s']:.2f} total tokens/s, "
           f"{result['output_tokens_per_s']:.2f} output tokens/s")

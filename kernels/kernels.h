@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "attention/attention.h"
+#include "sampling/sample_rows.h"
 #include "core/tensor.h"
 
 namespace llmcore::kernels {
@@ -80,5 +81,13 @@ void write_kv_cache(const Tensor& qkv, Tensor& k_cache, Tensor& v_cache, const T
 // launch, so chains like (a -> b, b -> c) behave as written.
 void copy_kv_blocks(const std::vector<Tensor*>& layers,
                     const std::vector<std::pair<int, int>>& src_dst, cudaStream_t stream);
+
+// --- sampling/sampler.cu --------------------------------------------------------------------------
+
+// Samples or scores rows[0, num_rows) (device array) of vocab_size logits each, writing
+// results[r] (device array). One block per row; each row's result depends only on its own logits,
+// edits and parameters (batch invariance).
+void sample_rows(const GpuSampleRow* rows, GpuSampleResult* results, int num_rows, int vocab_size,
+                 cudaStream_t stream);
 
 }  // namespace llmcore::kernels

@@ -57,6 +57,11 @@ py::dict stats_dict(const EngineStats& s) {
   d["num_generation_tokens"] = s.num_generation_tokens;
   d["num_steps"] = s.num_steps;
   d["num_requests_finished"] = s.num_requests_finished;
+  d["num_requests_aborted"] = s.num_requests_aborted;
+  d["time_schedule_s"] = s.time_schedule_s;
+  d["time_execute_s"] = s.time_execute_s;
+  d["time_sample_s"] = s.time_sample_s;
+  d["time_output_s"] = s.time_output_s;
   return d;
 }
 
@@ -200,7 +205,7 @@ Invalid values raise ValueError naming the field.)doc")
                        bool enable_prefix_caching, bool enable_chunked_prefill, int block_size,
                        int num_gpu_blocks_override, double cpu_kv_cache_space_gib,
                        double gpu_memory_utilization, uint64_t seed,
-                       const std::string& load_format, int num_threads) {
+                       const std::string& load_format, int num_threads, bool enforce_eager) {
              EngineConfig c;
              c.model = model;
              c.tokenizer = tokenizer;
@@ -218,6 +223,7 @@ Invalid values raise ValueError naming the field.)doc")
              c.seed = seed;
              c.load_format = load_format;
              c.num_threads = num_threads;
+             c.enforce_eager = enforce_eager;
              py::gil_scoped_release release;
              return std::make_unique<LLMEngine>(c);
            }),
@@ -227,7 +233,7 @@ Invalid values raise ValueError naming the field.)doc")
            py::arg("block_size") = 16, py::arg("num_gpu_blocks_override") = 0,
            py::arg("cpu_kv_cache_space_gib") = 4.0, py::arg("gpu_memory_utilization") = 0.9,
            py::arg("seed") = 0, py::arg("load_format") = "auto",
-           py::arg("num_threads") = 0)
+           py::arg("num_threads") = 0, py::arg("enforce_eager") = false)
       .def("add_request", &LLMEngine::add_request, py::arg("request_id"), py::arg("prompt_token_ids"),
            py::arg("params"), py::call_guard<py::gil_scoped_release>())
       .def("abort_request", &LLMEngine::abort_request, py::arg("request_id"),
@@ -240,6 +246,7 @@ Invalid values raise ValueError naming the field.)doc")
       .def("error", &LLMEngine::error)
       .def("shutdown", &LLMEngine::shutdown, py::call_guard<py::gil_scoped_release>())
       .def_property_readonly("max_model_len", &LLMEngine::max_model_len)
+      .def_property_readonly("decode_graph_sizes", &LLMEngine::decode_graph_sizes)
       .def_property_readonly("vocab_size", [](const LLMEngine& e) { return e.model_config().vocab_size; })
       .def_property_readonly("eos_token_ids", &LLMEngine::eos_token_ids)
       .def_property_readonly("architecture", [](const LLMEngine& e) { return e.model_config().architecture; })

@@ -7,6 +7,14 @@
 
 #ifdef LLMCORE_WITH_CUDA
 #include "backend/cuda/cuda_backend.h"
+#include "backend/cuda/cuda_sampler.h"
+#include "engine/decode_graphs.h"
+#else
+namespace llmcore {
+// No CUDA backend in this build: these pointers stay empty.
+class CudaSampler {};
+class DecodeGraphs {};
+}  // namespace llmcore
 #endif
 
 namespace llmcore {
@@ -27,6 +35,18 @@ Executor::Executor(const ExecutorConfig& config, const ModelConfig& model_config
     throw_value_error("device must be 'cpu' or 'cuda'; got '", config.device, "'");
   }
   model_ = create_model(model_config_, config.model_dir, *backend_, config.load_format, config.seed);
+#ifdef LLMCORE_WITH_CUDA
+  if (auto* cuda = dynamic_cast<CudaBackend*>(backend_.get())) cuda_sampler_ = std::make_unique<CudaSampler>(*cuda);
+#endif
+}
+
+Executor::~Executor() = default;
+
+std::vector<SampleResult> Executor::sample(const std::vector<SampleRequest>& rows, int vocab_size) {
+#ifdef LLMCORE_WITH_CUDA
+  if (cuda_sampler_) return cuda_sampler_->sample(rows, vocab_size);
+#endif
+  return llmcore::sample(rows, vocab_size);
 }
 
 size_t Executor::kv_block_bytes(const ModelConfig& c, int block_size, DType dtype) {
@@ -35,6 +55,7 @@ size_t Executor::kv_block_bytes(const ModelConfig& c, int block_size, DType dtyp
 }
 
 void Executor::allocate_kv_cache(int num_blocks) {
+  decode_graphs_.reset();  // they point into the old cache
   const DType dtype = backend_->activation_dtype();
   kv_cache_ = KVCache{};
   kv_cache_.num_blocks = num_blocks;
@@ -45,6 +66,26 @@ void Executor::allocate_kv_cache(int num_blocks) {
     kv_cache_.k.push_back(backend_->empty(shape, dtype));
     kv_cache_.v.push_back(backend_->empty(shape, dtype));
   }
+}
+
+void Executor::capture_decode_graphs(int max_batch, int max_model_len) {
+#ifdef LLMCORE_WITH_CUDA
+  auto* cuda = dynamic_cast<CudaBackend*>(backend_.get());
+  if (cuda == nullptr) return;
+  decode_graphs_.reset();
+  decode_graphs_ = std::make_unique<DecodeGraphs>(*cuda, *model_, kv_cache_, config_.block_size,
+                                                  max_model_len, max_batch);
+#else
+  (void)max_batch;
+  (void)max_model_len;
+#endif
+}
+
+std::vector<int> Executor::decode_graph_sizes() const {
+#ifdef LLMCORE_WITH_CUDA
+  if (decode_graphs_) return decode_graphs_->buckets();
+#endif
+  return {};
 }
 
 Tensor Executor::to_device_i32(const std::vector<int32_t>& host, Shape shape) {
@@ -61,6 +102,14 @@ Tensor Executor::to_device_i32(const std::vector<int32_t>& host, Shape shape) {
 
 Tensor Executor::execute(const SchedulerOutput& out, const std::vector<LogitsRequest>& logits_requests) {
   LLMCORE_CHECK(logits_requests.size() == out.scheduled.size());
+  if (!out.block_copies.empty()) {
+    std::vector<std::pair<int, int>> pairs;
+    for (const BlockCopy& c : out.block_copies) pairs.emplace_back(c.src, c.dst);
+    backend_->copy_kv_blocks(kv_cache_, pairs);
+  }
+#ifdef LLMCORE_WITH_CUDA
+  if (decode_graphs_ && decode_graphs_->can_run(out, logits_requests)) return decode_graphs_->run(out);
+#endif
   const int block_size = config_.block_size;
   const int num_seqs = static_cast<int>(out.scheduled.size());
   const int num_tokens = out.num_batched_tokens;
@@ -99,11 +148,6 @@ Tensor Executor::execute(const SchedulerOutput& out, const std::vector<LogitsReq
   }
   LLMCORE_CHECK(static_cast<int>(token_ids.size()) == num_tokens);
 
-  if (!out.block_copies.empty()) {
-    std::vector<std::pair<int, int>> pairs;
-    for (const BlockCopy& c : out.block_copies) pairs.emplace_back(c.src, c.dst);
-    backend_->copy_kv_blocks(kv_cache_, pairs);
-  }
 
   ForwardInput in;
   in.token_ids = to_device_i32(token_ids, {num_tokens});
@@ -117,11 +161,7 @@ Tensor Executor::execute(const SchedulerOutput& out, const std::vector<LogitsReq
   in.attn.block_tables = to_device_i32(block_tables, {num_seqs, static_cast<int64_t>(max_blocks)});
   in.attn.slot_mapping = to_device_i32(slots, {num_tokens});
 
-  Tensor logits = model_->forward(in, kv_cache_);
-  if (logits.device() == Device::kCPU) return logits;
-  Tensor host = Tensor::empty(logits.shape(), DType::kF32);
-  backend_->copy(host, logits);
-  return host;
+  return model_->forward(in, kv_cache_);
 }
 
 int Executor::profile_num_kv_blocks(double gpu_memory_utilization, int max_num_batched_tokens,

@@ -11,8 +11,12 @@
 #include "backend/backend.h"
 #include "engine/scheduler.h"
 #include "model/model.h"
+#include "sampling/sampler.h"
 
 namespace llmcore {
+
+class CudaSampler;
+class DecodeGraphs;
 
 // Which logits rows a scheduled sequence wants: rows of its chunk by offset within the chunk.
 struct LogitsRequest {
@@ -34,6 +38,7 @@ struct ExecutorConfig {
 class Executor {
  public:
   Executor(const ExecutorConfig& config, const ModelConfig& model_config);
+  ~Executor();
 
   // Bytes of KV cache one block takes across all layers (K and V).
   static size_t kv_block_bytes(const ModelConfig& model_config, int block_size, DType dtype);
@@ -42,6 +47,13 @@ class Executor {
   // Allocates the KV cache of num_blocks blocks.
   void allocate_kv_cache(int num_blocks);
 
+  // CUDA only (a no-op on the CPU): captures CUDA graphs of decode steps of up to max_batch
+  // sequences (engine/decode_graphs.h), which execute() then replays for decode-only steps.
+  // Needs the KV cache; call it again after reallocating the cache.
+  void capture_decode_graphs(int max_batch, int max_model_len);
+  // Batch sizes with a captured decode graph (empty: every step runs eagerly).
+  std::vector<int> decode_graph_sizes() const;
+
   // GPU only: runs a forward pass of the largest step the scheduler can form
   // (max_num_batched_tokens tokens over up to max_num_seqs sequences, one logits row each) to
   // measure peak activation memory, then returns how many KV blocks fit in
@@ -49,9 +61,15 @@ class Executor {
   int profile_num_kv_blocks(double gpu_memory_utilization, int max_num_batched_tokens, int max_num_seqs,
                             int max_model_len);
 
-  // Runs one step. logits_requests[i] belongs to out.scheduled[i]. Returns logits [L, V] float32
-  // on the host, the rows in the order requested.
+  // Runs one step. logits_requests[i] belongs to out.scheduled[i]. Returns logits [L, V] float32,
+  // the rows in the order requested, on the backend's device (the host for the CPU backend): pass
+  // pointers to its rows to sample().
   Tensor execute(const SchedulerOutput& out, const std::vector<LogitsRequest>& logits_requests);
+
+  // Samples or scores rows of the last execute()'s logits (sampling/sampler.h's contract) where
+  // they live: on the CPU with the reference sampler, on the GPU with the CUDA sampler, so only
+  // ids and logprobs reach the host.
+  std::vector<SampleResult> sample(const std::vector<SampleRequest>& rows, int vocab_size);
 
   Backend& backend() { return *backend_; }
 
@@ -63,6 +81,8 @@ class Executor {
   std::unique_ptr<Backend> backend_;
   std::unique_ptr<Model> model_;
   KVCache kv_cache_;
+  std::unique_ptr<CudaSampler> cuda_sampler_;  // set for the CUDA backend
+  std::unique_ptr<DecodeGraphs> decode_graphs_;  // set by capture_decode_graphs
 };
 
 }  // namespace llmcore

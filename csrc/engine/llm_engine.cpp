@@ -2,9 +2,11 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
+#include <stdexcept>
 
 #include <nlohmann/json.hpp>
 
@@ -18,6 +20,10 @@ using engine_detail::now_s;
 using engine_detail::seq_delta;
 
 namespace {
+
+// The largest decode batch with a CUDA graph (vLLM's cap too); bigger decode steps run eagerly,
+// their launch overhead being small next to their GPU time.
+constexpr int kMaxDecodeGraphBatch = 512;
 
 // generation_config.json's eos_token_id (an int, a list of ints, null or absent) of a checkpoint
 // directory; empty when the file or the field is missing. Models like Llama-3-Instruct list their
@@ -47,6 +53,44 @@ std::vector<int64_t> generation_config_eos_ids(const std::filesystem::path& mode
   }
   return ids;
 }
+
+// LLMCORE_FAULT_INJECT: a test seam that makes the engine fail on purpose, so the real error
+// path (every live request failed, is_healthy() false) can be tested end to end. Grammar:
+// comma-separated key=value pairs; today only `step=N` (the N-th step, counted from 1, throws
+// std::runtime_error inside the step loop). Tensor parallelism will add `rank=R`.
+struct FaultPlan {
+  int64_t step = 0;  // 0: no fault
+};
+
+FaultPlan parse_fault_plan(const char* spec) {
+  FaultPlan plan;
+  if (spec == nullptr || *spec == '\0') return plan;
+  std::stringstream items(spec);
+  std::string item;
+  while (std::getline(items, item, ',')) {
+    const size_t eq = item.find('=');
+    LLMCORE_CHECK_ARG(eq != std::string::npos, "LLMCORE_FAULT_INJECT='", spec,
+                      "': each item must be key=value (e.g. step=3); got '", item, "'");
+    const std::string key = item.substr(0, eq);
+    const std::string value = item.substr(eq + 1);
+    LLMCORE_CHECK_ARG(key == "step", "LLMCORE_FAULT_INJECT='", spec, "': unknown key '", key,
+                      "' (known: step)");
+    size_t used = 0;
+    int64_t n = 0;
+    try {
+      n = std::stoll(value, &used);
+    } catch (const std::exception&) {
+      used = 0;
+    }
+    LLMCORE_CHECK_ARG(used == value.size() && !value.empty() && n >= 1, "LLMCORE_FAULT_INJECT='", spec,
+                      "': step must be an integer >= 1; got '", value, "'");
+    plan.step = n;
+  }
+  return plan;
+}
+
+// The plan of the engine whose loop runs on this thread (each engine has its own loop thread).
+thread_local FaultPlan t_fault_plan;
 
 }  // namespace
 
@@ -131,6 +175,9 @@ LLMEngine::LLMEngine(const EngineConfig& config) : config_(config), seed_rng_(co
                     config.block_size, " tokens) cannot hold one max_model_len (", max_model_len_,
                     ") sequence; raise the cache size or lower max_model_len");
   executor_->allocate_kv_cache(num_blocks);
+  if (config.device != "cpu" && !config.enforce_eager) {
+    executor_->capture_decode_graphs(std::min(config.max_num_seqs, kMaxDecodeGraphBatch), max_model_len_);
+  }
   block_manager_ = std::make_unique<BlockManager>(num_blocks, config.block_size, config.enable_prefix_caching);
 
   SchedulerConfig sc;
@@ -140,8 +187,12 @@ LLMEngine::LLMEngine(const EngineConfig& config) : config_(config), seed_rng_(co
   sc.enable_chunked_prefill = config.enable_chunked_prefill;
   scheduler_ = std::make_unique<Scheduler>(sc, *block_manager_);
 
+  const FaultPlan fault = parse_fault_plan(std::getenv("LLMCORE_FAULT_INJECT"));
   update_stats();
-  thread_ = std::thread([this] { loop(); });
+  thread_ = std::thread([this, fault] {
+    t_fault_plan = fault;
+    loop();
+  });
 }
 
 LLMEngine::~LLMEngine() { shutdown(); }
@@ -238,6 +289,10 @@ std::vector<RequestDelta> LLMEngine::get_outputs(double timeout_s) {
 bool LLMEngine::has_unfinished_requests() const {
   std::lock_guard<std::mutex> lk(in_mu_);
   return !live_ids_.empty();
+}
+
+std::vector<int> LLMEngine::decode_graph_sizes() const {
+  return executor_ ? executor_->decode_graph_sizes() : std::vector<int>{};
 }
 
 EngineStats LLMEngine::get_stats() const {
@@ -337,10 +392,15 @@ void LLMEngine::admit(std::unique_ptr<Request> req) {
 }
 
 void LLMEngine::step() {
+  const double t_start = now_s();
   SchedulerOutput out = scheduler_->schedule();
   LLMCORE_CHECK(!out.empty(), "the scheduler made no progress with ", scheduler_->num_running(),
                 " running and ", scheduler_->num_waiting(), " waiting sequences");
   ++counters_.num_steps;
+  if (counters_.num_steps == t_fault_plan.step) {
+    throw std::runtime_error("fault injected at step " + std::to_string(t_fault_plan.step) +
+                             " (LLMCORE_FAULT_INJECT)");
+  }
   const double t_sched = now_s();
 
   // Which logits rows each scheduled sequence needs: prompt positions whose next-token
@@ -365,9 +425,37 @@ void LLMEngine::step() {
     }
   }
 
+  // The logits stay where the backend computed them; rows are sampled or scored there.
   const Tensor logits = executor_->execute(out, lrs);
   const int vocab = static_cast<int>(logits.dim(1));
   const float* rows = logits.data_as<float>();
+  const double t_executed = now_s();
+
+  // Prompt logprobs: logits at position p score prompt token p + 1, all of the step's in one batch.
+  std::vector<SampleRequest> prompt_scores;
+  {
+    int row = 0;
+    for (size_t i = 0; i < out.scheduled.size(); ++i) {
+      const ScheduledSequence& ss = out.scheduled[i];
+      const Sequence& seq = *ss.seq;
+      const Request& req = *seq_index_.at(&seq).first;
+      const int start = seq.num_computed_tokens;  // before scheduler_->update
+      for (int r = 0; r < prompt_rows[i]; ++r) {
+        const int pos = start + r + 1;
+        if (pos < req.prompt_logprobs_next) continue;
+        SampleRequest sr;
+        sr.logits = rows + static_cast<size_t>(row + r) * vocab;
+        sr.params = &req.params;
+        sr.forced_token = seq.token_ids[pos];
+        sr.num_logprobs = *req.params.prompt_logprobs;
+        prompt_scores.push_back(sr);
+      }
+      row += lrs[i].num_rows;
+    }
+  }
+  const std::vector<SampleResult> prompt_results =
+      prompt_scores.empty() ? std::vector<SampleResult>{} : executor_->sample(prompt_scores, vocab);
+  size_t next_prompt_result = 0;
   scheduler_->update(out);
 
   std::unordered_map<Request*, RequestDelta> deltas;
@@ -385,17 +473,14 @@ void LLMEngine::step() {
     delta.first_scheduled_time = req.first_scheduled_time;
     if (seq.num_cached_tokens > 0 && seq.index == 0) delta.num_cached_tokens = seq.num_cached_tokens;
 
-    // Prompt logprobs: logits at position p score prompt token p + 1.
+    // Prompt logprobs, in the order they were scored above.
     const int start = seq.num_computed_tokens - ss.num_tokens;
     for (int r = 0; r < prompt_rows[i]; ++r) {
       const int pos = start + r + 1;
       if (pos < req.prompt_logprobs_next) continue;
-      TokenLogprob chosen;
-      std::vector<TokenLogprob> top;
-      raw_logprobs(rows + static_cast<size_t>(row + r) * vocab, vocab, seq.token_ids[pos],
-                   *req.params.prompt_logprobs, &chosen, &top);
+      const SampleResult& scored = prompt_results.at(next_prompt_result++);
       if (req.prompt_logprobs.empty()) req.prompt_logprobs.emplace_back();  // position 0: None
-      req.prompt_logprobs.push_back(make_position(chosen, top));
+      req.prompt_logprobs.push_back(make_position(scored.chosen, scored.top));
       req.prompt_logprobs_next = pos + 1;
     }
     if (req.params.prompt_logprobs && seq.index == 0 && ss.sample && !delta.has_prompt_logprobs &&
@@ -452,7 +537,7 @@ void LLMEngine::step() {
     }
   }
 
-  const std::vector<SampleResult> results = sample(sample_rows, vocab);
+  const std::vector<SampleResult> results = executor_->sample(sample_rows, vocab);
   const double t_done = now_s();
   std::vector<std::string> finished_ids;
   for (size_t i = 0; i < results.size(); ++i) {
@@ -484,6 +569,11 @@ void LLMEngine::step() {
     for (const std::string& id : finished_ids) live_ids_.erase(id);
   }
   for (RequestDelta& d : ready) ready_.push_back(std::move(d));
+  const double t_end = now_s();
+  counters_.time_schedule_s += t_sched - t_start;
+  counters_.time_execute_s += t_executed - t_sched;
+  counters_.time_sample_s += t_done - t_executed;
+  counters_.time_output_s += t_end - t_done;
 }
 
 void LLMEngine::abort_now(const std::string& request_id) {
@@ -507,6 +597,7 @@ void LLMEngine::abort_now(const std::string& request_id) {
   d.finished = true;
   d.finished_time = now_s();
   ++counters_.num_requests_finished;
+  ++counters_.num_requests_aborted;
   for (auto& s : req.seqs) seq_index_.erase(&s->seq);
   requests_.erase(it);
   {

@@ -45,6 +45,7 @@ struct EngineConfig {
   uint64_t seed = 0;
   std::string load_format = "auto";   // "auto" | "dummy"
   int num_threads = 0;
+  bool enforce_eager = false;         // CUDA: no decode CUDA graphs (every step launches its kernels)
 };
 
 // One output position's logprobs: the chosen (or prompt) token first, then the top-k not
@@ -94,6 +95,14 @@ struct EngineStats {
   int64_t num_generation_tokens = 0;
   int64_t num_steps = 0;
   int64_t num_requests_finished = 0;
+  int64_t num_requests_aborted = 0;   // of those finished, by abort_request (client gone, drain)
+  // Host seconds spent in each phase of step(), summed over steps: scheduling; building inputs
+  // and enqueueing the forward pass; sampling (on a GPU this includes waiting for the forward
+  // pass); turning samples into outputs (stop checks, detokenization).
+  double time_schedule_s = 0;
+  double time_execute_s = 0;
+  double time_sample_s = 0;
+  double time_output_s = 0;
 };
 
 class LLMEngine {
@@ -127,6 +136,8 @@ class LLMEngine {
   std::shared_ptr<Tokenizer> shared_tokenizer() const { return tokenizer_; }
   const ModelConfig& model_config() const { return model_config_; }
   int max_model_len() const { return max_model_len_; }
+  // Decode batch sizes replayed from CUDA graphs (empty on the CPU or with enforce_eager).
+  std::vector<int> decode_graph_sizes() const;
   const std::vector<int32_t>& eos_token_ids() const { return eos_token_ids_; }
 
  private:

@@ -276,7 +276,12 @@ Tensor LlamaModel::forward(const ForwardInput& input, KVCache& kv_cache) {
     backend_.add_rms_norm(h, residual, next_norm, eps);
   }
 
-  Tensor logits = backend_.empty({num_logits, config_.vocab_size}, DType::kF32);  // [L, V]
+  Tensor logits = input.logits_out.defined()
+                      ? input.logits_out
+                      : backend_.empty({num_logits, config_.vocab_size}, DType::kF32);  // [L, V]
+  LLMCORE_CHECK(logits.dtype() == DType::kF32 && logits.shape() == Shape({num_logits, config_.vocab_size}),
+                "logits_out must be float32 [", num_logits, ", ", config_.vocab_size, "], got ",
+                shape_str(logits.shape()));
   if (num_logits == 0) return logits;                   // a step that only fills the cache
   Tensor rows = backend_.empty({num_logits, hd}, act);  // [L, Hd]
   backend_.gather_rows(rows, h, input.logits_indices);

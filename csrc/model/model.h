@@ -16,6 +16,8 @@ struct ForwardInput {
   Tensor positions;       // [T] int32, on the device
   AttentionMetadata attn;
   Tensor logits_indices;  // [L] int32, on the device: rows of the step whose logits are wanted
+  Tensor logits_out;      // optional [L, V] float32 on the device: where the logits go (CUDA graph
+                          // replays read them from a fixed address); unset: a new tensor
 };
 
 class Model {
@@ -23,7 +25,8 @@ class Model {
   virtual ~Model() = default;
   virtual const ModelConfig& config() const = 0;
   // Runs one step; fills the cache slots of the step's tokens. Returns logits [L, V] float32 on
-  // the backend's device.
+  // the backend's device (input.logits_out when set). Enqueues work without synchronizing, so a
+  // CUDA graph can capture it.
   virtual Tensor forward(const ForwardInput& input, KVCache& kv_cache) = 0;
 };
 

@@ -8,7 +8,7 @@
 #include <limits>
 
 #include "core/error.h"
-#include "sampling/logits_processors.h"
+#include "sampling/logit_edits.h"
 #include "sampling/logprobs.h"
 
 namespace llmcore {
@@ -21,9 +21,10 @@ constexpr int kFirstSortedChunk = 64;
 // Reused by every row a thread samples, so a step allocates nothing after the first.
 struct RowScratch {
   std::vector<double> logits;   // [vocab_size] processed logits
-  std::vector<double> weights;  // [vocab_size] unnormalized probability after min-p; 0: filtered out
+  std::vector<uint64_t> mass;   // [vocab_size] weight_mass of the probability after min-p
   std::vector<int32_t> order;   // candidate token ids
-  PenaltyScratch penalties;
+  std::vector<LogitEdit> edits;
+  EditScratch edit_scratch;
 };
 
 RowScratch& thread_scratch() {
@@ -49,20 +50,21 @@ struct ByLogitDesc {
 // keeps the sum from reaching `target`, the answer is the last token.
 struct Crossing {
   int index;
-  double mass;
+  uint64_t mass;
 };
 
-Crossing find_crossing(int32_t* ids, int n, const double* weights, ByLogitDesc cmp, double target,
-                       bool strict) {
-  auto passes = [&](double mass) { return strict ? mass > target : mass >= target; };
+// The first position where the running mass exceeds `target`.
+Crossing find_crossing(int32_t* ids, int n, const uint64_t* weights, ByLogitDesc cmp,
+                       uint64_t target) {
+  auto passes = [&](uint64_t mass) { return mass > target; };
   int lo = 0;
   int hi = n;
-  double base = 0.0;  // weight of ids[0, lo), all ahead of ids[lo, hi) in sampling order
+  uint64_t base = 0;  // weight of ids[0, lo), all ahead of ids[lo, hi) in sampling order
   int probe = kFirstSortedChunk;
   while (hi - lo > kFirstSortedChunk) {
     const int mid = lo + std::min(probe, (hi - lo) / 2);
     std::nth_element(ids + lo, ids + mid, ids + hi, cmp);
-    double mass = 0.0;
+    uint64_t mass = 0;
     for (int j = lo; j < mid; ++j) mass += weights[ids[j]];
     if (passes(base + mass)) {
       hi = mid;
@@ -73,7 +75,7 @@ Crossing find_crossing(int32_t* ids, int n, const double* weights, ByLogitDesc c
     probe = n;
   }
   std::sort(ids + lo, ids + hi, cmp);
-  double mass = base;
+  uint64_t mass = base;
   for (int j = lo; j < hi; ++j) {
     mass += weights[ids[j]];
     if (passes(mass)) return {j, mass};
@@ -93,25 +95,22 @@ int32_t argmax(const double* logits, int vocab_size) {
 // Random sampling from processed logits ([vocab_size]) given one generator output `bits`.
 int32_t draw(const SamplingParams& params, const double* logits, int vocab_size, uint64_t bits,
              RowScratch* scratch) {
-  const double u = static_cast<double>(bits >> 11) * 0x1.0p-53;  // [0, 1)
-  double* weights = scratch->weights.data();
+  const double u = draw_uniform(bits);
+  uint64_t* mass = scratch->mass.data();
 
-  // weights = exp(x - max x) with x = logits / temperature: the top token weighs exactly 1, so
-  // min-p's "prob < min_p * max prob" is "weight < min_p". An overflowed +inf logit (huge logit
-  // over a tiny temperature) takes all the mass, shared with any other +inf.
+  // w = exp(x - max x) with x = logits / temperature: the top token weighs exactly 1, so min-p's
+  // "prob < min_p * max prob" is "w < min_p". An overflowed +inf logit (huge logit over a tiny
+  // temperature) takes all the mass, shared with any other +inf.
   double max_x = -kInf;
-  for (int i = 0; i < vocab_size; ++i) {
-    weights[i] = logits[i] / params.temperature;
-    max_x = std::max(max_x, weights[i]);
-  }
+  for (int i = 0; i < vocab_size; ++i) max_x = std::max(max_x, logits[i] / params.temperature);
   std::vector<int32_t>& order = scratch->order;
   order.resize(vocab_size);
   int num_candidates = 0;
   for (int i = 0; i < vocab_size; ++i) {
-    const double x = weights[i];
+    const double x = logits[i] / params.temperature;
     double w = max_x == kInf ? (x == kInf ? 1.0 : 0.0) : std::exp(x - max_x);
     if (w < params.min_p) w = 0.0;
-    weights[i] = w;
+    mass[i] = weight_mass(w);
     if (w > 0.0) order[num_candidates++] = i;
   }
   LLMCORE_CHECK(num_candidates > 0, "no candidate token");
@@ -122,18 +121,22 @@ int32_t draw(const SamplingParams& params, const double* logits, int vocab_size,
     num_kept = params.top_k;
     std::nth_element(order.begin(), order.begin() + num_kept, order.begin() + num_candidates, cmp);
   }
-  double total = 0.0;
-  for (int j = 0; j < num_kept; ++j) total += weights[order[j]];
+  uint64_t total = 0;
+  for (int j = 0; j < num_kept; ++j) total += mass[order[j]];
 
   if (params.top_p < 1.0) {
-    // Smallest prefix (in sampling order) whose mass reaches top_p; the first token always stays.
-    const Crossing cut = find_crossing(order.data(), num_kept, weights, cmp, params.top_p * total,
-                                       /*strict=*/false);
+    // Smallest prefix (in sampling order) whose mass reaches top_p of the total (mass >= t is
+    // mass > ceil(t) - 1 for integer masses); the first token always stays.
+    const double t = std::ceil(params.top_p * static_cast<double>(total));
+    const uint64_t target = t >= 1.0 ? static_cast<uint64_t>(t) - 1 : 0;
+    const Crossing cut = find_crossing(order.data(), num_kept, mass, cmp, target);
     num_kept = cut.index + 1;
     total = cut.mass;
   }
-  const Crossing pick = find_crossing(order.data(), num_kept, weights, cmp, u * total,
-                                      /*strict=*/true);
+  // mass > u * total is mass > floor(u * total) for integer masses.
+  uint64_t target = static_cast<uint64_t>(std::floor(u * static_cast<double>(total)));
+  if (total > 0 && target >= total) target = total - 1;
+  const Crossing pick = find_crossing(order.data(), num_kept, mass, cmp, target);
   return order[pick.index];
 }
 
@@ -142,17 +145,30 @@ int32_t draw(const SamplingParams& params, const double* logits, int vocab_size,
 // One row: raw logprobs, processed logits, then greedy or one generator draw.
 static void sample_row(const SampleRequest& row, int r, int vocab_size, SampleResult* result) {
   RowScratch& scratch = thread_scratch();
-  scratch.logits.resize(vocab_size);
-  scratch.weights.resize(vocab_size);
-  LLMCORE_CHECK(row.logits != nullptr && row.params != nullptr, "row ", r);
+  LLMCORE_CHECK(row.logits != nullptr, "row ", r);
   LLMCORE_CHECK(row.num_logprobs >= -1, "row ", r, " num_logprobs ", row.num_logprobs);
-  const SamplingParams& params = *row.params;
-
   const double lse = log_sum_exp(row.logits, vocab_size, r);
+  if (row.forced_token >= 0) {  // scoring a given token: raw logprobs only
+    result->token_id = row.forced_token;
+    result->chosen = token_logprob(row.logits, vocab_size, lse, row.forced_token);
+    if (row.num_logprobs >= 0) {
+      top_logprobs(row.logits, vocab_size, lse, row.num_logprobs, &scratch.order, &result->top);
+    }
+    return;
+  }
+  LLMCORE_CHECK(row.params != nullptr, "row ", r);
+  const SamplingParams& params = *row.params;
+  scratch.logits.resize(vocab_size);
+  scratch.mass.resize(vocab_size);
 
   double* logits = scratch.logits.data();  // [vocab_size] processed
   std::copy(row.logits, row.logits + vocab_size, logits);
-  apply_logits_processors(row, vocab_size, &scratch.penalties, logits);
+  scratch.edits.clear();
+  collect_logit_edits(row, vocab_size, &scratch.edit_scratch, &scratch.edits);
+  const PenaltyFactors factors = penalty_factors(row);
+  for (const LogitEdit& e : scratch.edits) {
+    logits[e.token_id] = apply_logit_edit(static_cast<double>(row.logits[e.token_id]), e, factors);
+  }
 
   const int32_t best = argmax(logits, vocab_size);
   if (logits[best] == -kInf) {

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import AsyncIterator, List, Optional, Union
 
-from .engine import LLMEngine
+from .engine import EngineDeadError, LLMEngine
 from .outputs import RequestOutput, RequestState
 
 
@@ -36,8 +36,8 @@ class AsyncLLM:
                 if isinstance(delta, Exception):
                     raise delta
                 st.apply(delta)
-                if st.output.error:
-                    raise RuntimeError(f"request {rid} failed in the engine: {st.output.error}")
+                if st.output.error:  # only the step loop's death fails a request
+                    raise EngineDeadError(f"request {rid} failed in the engine: {st.output.error}")
                 yield st.snapshot()
         finally:
             if not st.output.finished:

@@ -73,6 +73,14 @@ class LLMEngine:
         """Stops a request; its final delta (finish_reason "abort") still reaches its sink."""
         self._native.abort_request(request_id)
 
+    def abort_all(self) -> int:
+        """Aborts every live request (each still gets its final "abort" delta); returns how many."""
+        with self._lock:
+            ids = list(self._sinks)
+        for rid in ids:
+            self._native.abort_request(rid)
+        return len(ids)
+
     def queue_sink(self) -> Tuple["queue.SimpleQueue", _Sink]:
         """A thread-safe queue and the sink that feeds it."""
         q: "queue.SimpleQueue" = queue.SimpleQueue()
@@ -88,7 +96,7 @@ class LLMEngine:
         """Scheduler and KV-cache counters: num_running, num_waiting, num_total_blocks,
         num_free_blocks, kv_cache_usage, num_preemptions, prefix_cache_queries,
         prefix_cache_hits, num_prompt_tokens, num_generation_tokens, num_steps,
-        num_requests_finished."""
+        num_requests_finished, num_requests_aborted (finished by abort_request)."""
         return self._native.get_stats()
 
     def is_healthy(self) -> bool:

@@ -76,6 +76,7 @@ class LLM:
         device: str = "auto",
         load_format: str = "auto",
         generation_config: str = "auto",
+        enforce_eager: bool = False,
     ) -> None:
         if model is None:
             raise ValueError("model is required: the path of a HuggingFace checkpoint directory")
@@ -113,6 +114,7 @@ class LLM:
             gpu_memory_utilization=gpu_memory_utilization,
             seed=seed,
             load_format=load_format,
+            enforce_eager=enforce_eager,
         )
         try:
             self._tokenizer = Tokenizer(self.llm_engine.native.tokenizer, os.fspath(tokenizer or model))

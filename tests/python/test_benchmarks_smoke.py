@@ -1,12 +1,16 @@
 """The benchmark scripts run end to end on the CPU with a tiny config: benchmarks/throughput.py and
 benchmarks/latency.py as subprocesses (as users run them), checking the final summary line's
 format, that its numbers agree with the JSON record, and the record's fields (device, commit,
-exact command, workload sizes, token counts and engine stats that follow from the arguments)."""
+exact command, workload sizes, token counts and engine stats that follow from the arguments).
+benchmarks/serving.py launches the OpenAI server on the tiny config itself and is checked the same
+way: every request completes with its exact lengths, latencies are consistent, --max-concurrency
+and the seeded Poisson arrivals hold, and --compare-offline reruns the same requests offline."""
 
 from __future__ import annotations
 
 import json
 import os
+import random
 import re
 import statistics
 import subprocess
@@ -114,6 +118,8 @@ def test_latency_smoke(tiny_model, tmp_path):
         assert pm, part
         assert int(pm.group(1)) == r["batch_size"]
         assert len(r["prefill_s"]) == iters and len(r["full_s"]) == iters
+        assert set(r["host_ms_per_step"]) == {"schedule", "execute", "sample", "output"}
+        assert all(v >= 0 for v in r["host_ms_per_step"].values())
         # The reported figures follow from the raw timings: medians, then (t(N) - t(1)) / (N - 1).
         t1, tn = statistics.median(r["prefill_s"]), statistics.median(r["full_s"])
         assert r["prefill_ms"] == pytest.approx(t1 * 1e3)
@@ -128,3 +134,194 @@ def test_latency_smoke(tiny_model, tmp_path):
     assert stats["num_generation_tokens"] == expected_generated
     assert stats["num_prompt_tokens"] == expected_requests * input_len
     assert stats["prefix_cache_hits"] == 0
+
+
+# -- benchmarks/serving.py: the OpenAI server under load, launched by the script itself ----------
+TINY_TOKENIZER = ROOT / "python" / "llmcore" / "models" / "tiny-random"
+SERVER_FLAGS = ["--tokenizer", str(TINY_TOKENIZER), "--load-format", "dummy", "--device", "cpu", "--dtype", "float32",
+                "--max-model-len", "64", "--num-gpu-blocks-override", "64"]
+BLOCK_ROW = re.compile(r"(.+?):\s+(-?\d+(?:\.\d+)?)")
+
+
+def load_bench_module(name: str):
+    """benchmarks/<name>.py imported as a module (it finds its siblings itself)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCH / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while the class is built
+    spec.loader.exec_module(module)
+    return module
+
+
+def run_serving(args, tmp_path: Path, expect_ok: bool = True):
+    """-> (stdout lines, the JSON record or None, argv, the process) of one serving.py run."""
+    out_json = tmp_path / "serving.json"
+    argv = [sys.executable, str(BENCH / "serving.py"), *args, "--output-json", str(out_json)]
+    env = dict(os.environ, LLMCORE_CPU_KVCACHE_SPACE="0.05")
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=180, cwd=ROOT, env=env)
+    if expect_ok:
+        assert proc.returncode == 0, f"serving.py failed:\n{proc.stdout}\n{proc.stderr}"
+    lines = [line for line in proc.stdout.splitlines() if line.strip()]
+    record = json.loads(out_json.read_text()) if out_json.exists() else None
+    return lines, record, argv, proc
+
+
+def block_values(lines) -> dict:
+    """The rows of vLLM's result block: {'Successful requests': 5.0, 'Mean TTFT (ms)': ...}."""
+    start = next(i for i, line in enumerate(lines) if "Serving Benchmark Result" in line)
+    end = next(i for i in range(start + 1, len(lines)) if set(lines[i]) == {"="})
+    return {m.group(1): float(m.group(2)) for line in lines[start + 1:end] if (m := BLOCK_ROW.fullmatch(line))}
+
+
+def test_serving_smoke_completions_and_offline(tiny_model, tmp_path):
+    pytest.importorskip("aiohttp")
+    np = pytest.importorskip("numpy")
+    n, input_len, output_len, concurrency = 5, 12, 6, 2
+    lines, record, argv, _ = run_serving(
+        ["--launch-server", "--model", str(tiny_model), *SERVER_FLAGS, "--num-prompts", str(n),
+         "--random-input-len", str(input_len), "--random-output-len", str(output_len),
+         "--max-concurrency", str(concurrency), "--seed", "3", "--compare-offline", "--save-detailed",
+         "--client", "aiohttp", "--disable-tqdm"], tmp_path)
+    check_provenance(record, "serving", argv)
+    r = record["result"]
+    # What was asked for came back: every request, its exact lengths (ignore_eos + max_tokens).
+    assert r["completed"] == n and r["failed"] == 0 and record["errors"] == []
+    assert r["total_input_tokens"] == n * input_len
+    assert r["total_output_tokens"] == n * output_len
+    req = record["requests"]
+    assert req["input_lens"] == [input_len] * n and req["output_lens"] == [output_len] * n
+    for ttft, itl, e2el in zip(req["ttfts"], req["itls"], req["e2els"]):
+        assert 0 < ttft <= e2el
+        assert ttft + sum(itl) <= e2el + 1e-9
+        assert len(itl) <= output_len - 1  # at most one chunk per token after the first
+    # --max-concurrency 2: no instant has more than two requests between send and [DONE].
+    spans = list(zip(req["start_times"], [s + e for s, e in zip(req["start_times"], req["e2els"])]))
+    for s, _ in spans:
+        assert sum(1 for a, b in spans if a <= s < b) <= concurrency
+    # The summary figures follow from the per-request timings (numpy as the reference statistics).
+    ttfts, e2els = np.array(req["ttfts"]), np.array(req["e2els"])
+    assert r["mean_ttft_ms"] == pytest.approx(ttfts.mean() * 1e3)
+    assert r["p99_ttft_ms"] == pytest.approx(np.percentile(ttfts, 99) * 1e3)
+    assert r["median_tpot_ms"] == pytest.approx(np.median((e2els - ttfts) / (output_len - 1)) * 1e3)
+    itls = np.concatenate([np.array(x) for x in req["itls"]])
+    assert r["p99_itl_ms"] == pytest.approx(np.percentile(itls, 99) * 1e3)
+    assert r["output_throughput"] == pytest.approx(n * output_len / r["duration"])
+    # Prompts are ids inside the tokenizer's vocabulary (sentencepiece's own count).
+    spm = pytest.importorskip("sentencepiece")
+    pieces = spm.SentencePieceProcessor(model_file=str(TINY_TOKENIZER / "tokenizer.model")).get_piece_size()
+    assert record["workload"]["vocab_size"] == pieces
+    assert record["server"]["launched"] and "--num-gpu-blocks-override" in record["server"]["server_argv"]
+    assert record["client"] == "aiohttp"
+
+    # The printed block is vLLM's and shows the record's numbers.
+    block = block_values(lines)
+    assert block["Successful requests"] == n
+    assert block["Total input tokens"] == n * input_len and block["Total generated tokens"] == n * output_len
+    assert block["Output token throughput (tok/s)"] == pytest.approx(r["output_throughput"], abs=0.006)
+    for name in ("TTFT", "TPOT", "ITL"):
+        assert block[f"Median {name} (ms)"] == pytest.approx(r[f"median_{name.lower()}_ms"], abs=0.006)
+        assert f"P99 {name} (ms)" in block
+    assert "Mean E2EL (ms)" not in block  # not among the default --percentile-metrics
+
+    # Offline: the same requests on the server's engine flags, max_num_seqs capped at the concurrency.
+    off = record["offline"]
+    assert off["num_requests"] == n
+    assert off["total_input_tokens"] == n * input_len and off["total_output_tokens"] == n * output_len
+    assert off["engine_kwargs"]["max_num_seqs"] == concurrency
+    assert off["engine_kwargs"]["num_gpu_blocks_override"] == 64 and off["engine_kwargs"]["load_format"] == "dummy"
+    assert record["serving_over_offline"] == pytest.approx(r["output_throughput"] / off["output_throughput"])
+
+    m = re.fullmatch(
+        rf"Serving \((.+), /v1/completions, {n} x {input_len} in / {output_len} out, concurrency {concurrency}, "
+        rf"rate inf\): {n}/{n} ok in {NUMBER} s, {NUMBER} req/s, {NUMBER} output tok/s, {NUMBER} total tok/s, "
+        rf"median TTFT {NUMBER} ms, TPOT {NUMBER} ms, ITL {NUMBER} ms; offline {NUMBER} output tok/s, "
+        rf"serving/offline {NUMBER}", lines[-1])
+    assert m, f"last line is not the serving summary: {lines[-1]!r}"
+    assert m.group(1) == record["device"]
+    assert float(m.group(4)) == pytest.approx(r["output_throughput"], abs=0.006)
+    assert float(m.group(9)) == pytest.approx(off["output_throughput"], abs=0.006)
+    assert float(m.group(10)) == pytest.approx(record["serving_over_offline"], abs=0.0006)
+
+
+def test_serving_smoke_chat_poisson_httpx(tiny_model, tmp_path):
+    pytest.importorskip("httpx")
+    n, output_len, rate, seed = 4, 5, 20.0, 7
+    lines, record, argv, _ = run_serving(
+        ["--launch-server", "--model", str(tiny_model), *SERVER_FLAGS,
+         "--chat-template", "{% for m in messages %}{{ m['content'] }}{% endfor %}",
+         "--endpoint", "/v1/chat/completions", "--num-prompts", str(n), "--random-input-len", "10",
+         "--random-output-len", str(output_len), "--request-rate", str(rate), "--seed", str(seed),
+         "--percentile-metrics", "ttft,e2el", "--metric-percentiles", "50,90", "--save-detailed",
+         "--client", "httpx", "--disable-tqdm"], tmp_path)
+    r, req = record["result"], record["requests"]
+    assert r["completed"] == n and r["total_output_tokens"] == n * output_len
+    assert req["output_lens"] == [output_len] * n
+    # Chat prompts are text, so their token counts come from the server's usage.
+    assert all(x > 0 for x in req["input_lens"]) and r["total_input_tokens"] == sum(req["input_lens"])
+    assert all(t <= e for t, e in zip(req["ttfts"], req["e2els"]))
+    assert all(len(itl) <= output_len - 1 for itl in req["itls"])  # the role-only opener is no token
+    # Seeded Poisson arrivals: exponential intervals of mean 1/rate, Random(seed)'s draws.
+    rng, t, expected = random.Random(seed), 0.0, []
+    for _ in range(n):
+        expected.append(t)
+        t += rng.expovariate(rate)
+    for start, due in zip(req["start_times"], expected):
+        assert due - 1e-3 <= start < due + 0.5
+    block = block_values(lines)
+    for key in ("P50 TTFT (ms)", "P90 TTFT (ms)", "P50 E2EL (ms)", "P90 E2EL (ms)"):
+        assert key in block
+    assert "Mean TPOT (ms)" not in block
+    assert r["p90_e2el_ms"] == pytest.approx(statistics.quantiles(req["e2els"], n=10, method="inclusive")[8] * 1e3)
+    assert record["client"] == "httpx" and record["workload"]["request_rate"] == rate
+    assert "/v1/chat/completions" in lines[-1] and f"rate {rate}" in lines[-1]
+
+
+def test_serving_refuses_what_the_server_refuses(tiny_model, tmp_path):
+    # 60 prompt + 10 output tokens exceed the server's max_model_len of 64: the warm-up request
+    # gets the server's 400 and the run stops there, naming it.
+    lines, record, _, proc = run_serving(
+        ["--launch-server", "--model", str(tiny_model), *SERVER_FLAGS, "--num-prompts", "2",
+         "--random-input-len", "60", "--random-output-len", "10", "--disable-tqdm",
+         "--server-log", str(tmp_path / "server.log")], tmp_path, expect_ok=False)
+    assert proc.returncode != 0 and record is None
+    assert (tmp_path / "server.log").exists()
+    assert "warm-up request failed" in proc.stderr and "HTTP 400" in proc.stderr and "max_model_len" in proc.stderr
+
+
+def test_serving_arrivals_and_percentiles():
+    serving = load_bench_module("serving")
+    assert serving.arrival_times(5, float("inf"), 1.0, 0) == [0.0] * 5
+    for burstiness in (1.0, 0.5):
+        times = serving.arrival_times(20001, 4.0, burstiness, 1)
+        gaps = [b - a for a, b in zip(times, times[1:])]
+        mean = statistics.fmean(gaps)
+        # Gamma(k, 1/(rate k)) intervals: mean 1/rate, coefficient of variation 1/sqrt(k).
+        assert mean == pytest.approx(0.25, rel=0.03)
+        assert statistics.pstdev(gaps) / mean == pytest.approx(burstiness ** -0.5, rel=0.05)
+    np = pytest.importorskip("numpy")
+    values = [random.Random(2).random() for _ in range(37)]
+    for p in (0, 50, 90, 99, 99.9, 100):
+        assert serving.percentile(values, p) == pytest.approx(np.percentile(values, p))
+    assert serving.percentile([], 99) == 0.0
+
+
+def test_serving_sse_parsing():
+    import asyncio
+
+    client = load_bench_module("serving_client")
+
+    async def events(lines):
+        async def gen():
+            for line in lines:
+                yield line
+        return [e async for e in client.sse_events(gen())]
+
+    lines = [": a comment", "data: {\"a\": 1}", "", "data:{\"b\": 2}", "data: 3", "", "", "data: [DONE]"]
+    assert asyncio.run(events(lines)) == ['{"a": 1}', '{"b": 2}\n3', "[DONE]"]
+    opener = {"choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}}]}
+    empty_token = {"choices": [{"index": 0, "delta": {"role": None, "content": None}}]}
+    usage = {"choices": [], "usage": {"completion_tokens": 3}}
+    assert not client.carries_tokens(opener, chat=True) and client.carries_tokens(empty_token, chat=True)
+    assert not client.carries_tokens(usage, chat=False)
+    assert client.carries_tokens({"choices": [{"index": 0, "text": ""}]}, chat=False)

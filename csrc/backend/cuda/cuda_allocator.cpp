@@ -42,8 +42,41 @@ size_t CachingAllocator::size_class(size_t nbytes) {
 
 AllocatorStats& CachingAllocator::stats_locked(int device) { return stats_[device]; }
 
+namespace {
+
+// The calling thread's private-pool redirection (CachingAllocator::PrivatePool).
+struct PoolRedirect {
+  bool active = false;
+  int device = -1;
+  cudaStream_t stream = nullptr;
+  cudaStream_t pool = nullptr;  // the pool's key: a stream value no CUDA call ever sees
+};
+thread_local PoolRedirect t_redirect;
+
+}  // namespace
+
+CachingAllocator::PrivatePool::PrivatePool(int device, cudaStream_t stream, uintptr_t pool_id) {
+  LLMCORE_CHECK(!t_redirect.active, "private pools do not nest");
+  LLMCORE_CHECK(pool_id != 0, "pool id 0 is the legacy default stream");
+  cudaStream_t key = reinterpret_cast<cudaStream_t>(pool_id);
+  CachingAllocator& a = instance();
+  {
+    std::lock_guard<std::mutex> lock(a.mu_);
+    const PoolKey pk{device, key};
+    if (std::find(a.private_pools_.begin(), a.private_pools_.end(), pk) == a.private_pools_.end()) {
+      a.private_pools_.push_back(pk);
+    }
+  }
+  t_redirect = {true, device, stream, key};
+}
+
+CachingAllocator::PrivatePool::~PrivatePool() { t_redirect = {}; }
+
 void* CachingAllocator::allocate(size_t nbytes, int device, cudaStream_t stream) {
   if (nbytes == 0) return nullptr;
+  if (t_redirect.active && t_redirect.device == device && t_redirect.stream == stream) {
+    stream = t_redirect.pool;
+  }
   const size_t cls = size_class(nbytes);
   std::lock_guard<std::mutex> lock(mu_);
   AllocatorStats& st = stats_locked(device);
@@ -132,7 +165,8 @@ size_t CachingAllocator::release_locked(int device, bool only_stream, cudaStream
   size_t released = 0;
   for (auto pool = free_.begin(); pool != free_.end();) {
     const bool match =
-        pool->first.first == device && (!only_stream || pool->first.second == stream);
+        pool->first.first == device && (!only_stream || pool->first.second == stream) &&
+        std::find(private_pools_.begin(), private_pools_.end(), pool->first) == private_pools_.end();
     if (!match) {
       ++pool;
       continue;
@@ -149,6 +183,14 @@ size_t CachingAllocator::release_locked(int device, bool only_stream, cudaStream
   st.reserved_bytes -= released;
   st.cached_bytes -= released;
   return released;
+}
+
+size_t CachingAllocator::release_private_pool(int device, uintptr_t pool_id) {
+  std::lock_guard<std::mutex> lock(mu_);
+  cudaStream_t key = reinterpret_cast<cudaStream_t>(pool_id);
+  private_pools_.erase(std::remove(private_pools_.begin(), private_pools_.end(), PoolKey{device, key}),
+                       private_pools_.end());
+  return release_locked(device, true, key);
 }
 
 void CachingAllocator::retire_stream(int device, cudaStream_t stream) {

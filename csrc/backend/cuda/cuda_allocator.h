@@ -63,6 +63,22 @@ class CachingAllocator {
   // The class a request of `nbytes` (> 0) is served from.
   static size_t size_class(size_t nbytes);
 
+  // Private pools, for CUDA graphs: while a PrivatePool guard lives, allocations the calling
+  // thread makes for (device, stream) come from, and return to, the pool named `pool_id` instead
+  // of the stream's own. Eager work never gets those blocks and release_cached() leaves them
+  // alone, so a graph's replays can keep using the addresses it captured; graphs that never run
+  // at the same time may share one pool.
+  class PrivatePool {
+   public:
+    PrivatePool(int device, cudaStream_t stream, uintptr_t pool_id);
+    ~PrivatePool();
+    PrivatePool(const PrivatePool&) = delete;
+    PrivatePool& operator=(const PrivatePool&) = delete;
+  };
+  // Gives a private pool's cached blocks back to CUDA (after a device sync) once nothing that
+  // uses them remains (its graphs and their tensors are gone); returns the bytes released.
+  size_t release_private_pool(int device, uintptr_t pool_id);
+
  private:
   CachingAllocator() = default;
 
@@ -80,6 +96,7 @@ class CachingAllocator {
   AllocatorStats& stats_locked(int device);
 
   mutable std::mutex mu_;
+  std::vector<PoolKey> private_pools_;     // never released
   std::unordered_map<void*, Block> live_;  // handed out
   std::map<PoolKey, FreeList> free_;       // cached, per (device, stream)
   std::map<int, AllocatorStats> stats_;

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 from ..generate import TINY_RANDOM_MODEL
 
@@ -18,6 +18,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m llmcore.server", description="OpenAI-compatible server.")
     p.add_argument("model_tag", nargs="?", help="checkpoint directory (same as --model)")
     p.add_argument("--model", help="HuggingFace checkpoint directory (default: the built-in tiny-random model)")
+    p.add_argument("--tokenizer", default=None,
+                   help="tokenizer directory, for checkpoints without one (default: the model's)")
     p.add_argument("--served-model-name", nargs="+", default=None,
                    help="name(s) clients use for the model; the first is reported (default: --model)")
     p.add_argument("--host", default="127.0.0.1")
@@ -32,7 +34,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gpu-memory-utilization", type=float, default=0.9)
     p.add_argument("--load-format", choices=["auto", "dummy"], default=None,
                    help="'dummy' draws random weights (default: auto; dummy for the built-in model)")
+    p.add_argument("--block-size", type=int, default=None, help="KV-cache block size in tokens (default: 16)")
+    p.add_argument("--num-gpu-blocks-override", type=int, default=None,
+                   help="number of KV-cache blocks (default: sized from free memory)")
+    p.add_argument("--enable-prefix-caching", action=argparse.BooleanOptionalAction, default=None,
+                   help="reuse the KV cache of shared prompt prefixes (default: on)")
+    p.add_argument("--enable-chunked-prefill", action=argparse.BooleanOptionalAction, default=None,
+                   help="split long prompts over steps (default: on)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--tensor-parallel-size", "-tp", type=int, default=1,
+                   help="GPUs to shard the model over (this build: 1)")
+    p.add_argument("--shutdown-timeout", type=float, default=30.0,
+                   help="seconds SIGTERM/SIGINT waits for requests in flight (new ones get 503) before "
+                        "aborting what remains and exiting (default: 30)")
     p.add_argument("--chat-template", default=None,
                    help="a Jinja chat template, or the path of a file holding one (default: the model's)")
     p.add_argument("--max-num-queued-requests", type=int, default=None,
@@ -57,21 +71,35 @@ def read_chat_template(value: Optional[str]) -> Optional[str]:
     return value
 
 
+def engine_args(args: argparse.Namespace) -> Tuple[str, Dict[str, Any]]:
+    """(model path, llmcore.LLM keyword arguments) from parsed server flags. Flags left unset keep
+    LLM's defaults. benchmarks/serving.py builds its offline comparison engine from the same."""
+    model = args.model or args.model_tag
+    kwargs: Dict[str, Any] = dict(
+        tokenizer=args.tokenizer, tensor_parallel_size=args.tensor_parallel_size, device=args.device,
+        dtype=args.dtype, max_model_len=args.max_model_len,
+        max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_num_batched_tokens,
+        gpu_memory_utilization=args.gpu_memory_utilization, seed=args.seed,
+        load_format=args.load_format or ("auto" if model else "dummy"))
+    optional = dict(block_size=args.block_size, num_gpu_blocks_override=args.num_gpu_blocks_override,
+                    enable_prefix_caching=args.enable_prefix_caching,
+                    enable_chunked_prefill=args.enable_chunked_prefill)
+    kwargs.update({k: v for k, v in optional.items() if v is not None})
+    return model or str(TINY_RANDOM_MODEL), kwargs
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     import uvicorn
 
     from .. import LLM
     from .app import create_app
+    from .lifecycle import LifecycleServer
 
-    model = args.model or args.model_tag
-    load_format = args.load_format or ("auto" if model else "dummy")
-    model = model or str(TINY_RANDOM_MODEL)
+    model, llm_kwargs = engine_args(args)
     try:
         chat_template = read_chat_template(args.chat_template)
-        llm = LLM(model, device=args.device, dtype=args.dtype, max_model_len=args.max_model_len,
-                  max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_num_batched_tokens,
-                  gpu_memory_utilization=args.gpu_memory_utilization, seed=args.seed, load_format=load_format)
+        llm = LLM(model, **llm_kwargs)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -79,16 +107,21 @@ def main(argv: Optional[List[str]] = None) -> int:
         app = create_app(llm, served_model_names=args.served_model_name or [args.model or args.model_tag or TINY_RANDOM_MODEL.name],
                          api_key=args.api_key, chat_template=chat_template, model_path=model,
                          max_num_queued_requests=args.max_num_queued_requests,
-                         max_request_body_bytes=args.max_request_body_bytes, allowed_origins=args.allowed_origins)
+                         max_request_body_bytes=args.max_request_body_bytes, allowed_origins=args.allowed_origins,
+                         shutdown_timeout=args.shutdown_timeout)
     except ValueError as e:
         llm.shutdown()
         print(f"error: {e}", file=sys.stderr)
         return 2
+    lifecycle = app.state.lifecycle
+    # The drain (lifecycle.py) decides when to stop; what uvicorn then waits for is already done.
+    server = LifecycleServer(uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level,
+                                            timeout_graceful_shutdown=5), lifecycle)
     try:
-        uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
+        server.run()
     finally:
         llm.shutdown()
-    return 0
+    return lifecycle.exit_code
 
 
 if __name__ == "__main__":

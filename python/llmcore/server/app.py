@@ -1,6 +1,7 @@
-"""The FastAPI application: OpenAI endpoints, /health, /version, /tokenize, /detokenize, /metrics,
-API-key checks, a request-body size limit, optional CORS and OpenAI-shaped errors for everything
-that goes wrong (validation errors are 400, as OpenAI answers them, not FastAPI's 422)."""
+"""The FastAPI application: OpenAI endpoints, Triton's /v2 endpoints (triton.py), /health, /version,
+/tokenize, /detokenize, /metrics, API-key checks, a request-body size limit, optional CORS and
+OpenAI-shaped errors for everything that goes wrong (validation errors are 400, as OpenAI answers
+them, not FastAPI's 422)."""
 
 from __future__ import annotations
 
@@ -17,15 +18,32 @@ from .. import __version__
 from ..engine import EngineDeadError
 from ..llm import LLM
 from .errors import APIError, bad_request
+from .lifecycle import DEFAULT_SHUTDOWN_TIMEOUT_S, cancel_on_disconnect, install_lifecycle
 from .metrics import ServerMetrics
-from .protocol import (ChatCompletionRequest, CompletionRequest, DetokenizeRequest, DetokenizeResponse,
+from .protocol import (ChatCompletionRequest, ChatCompletionResponse, CompletionRequest, CompletionResponse,
+                       DetokenizeRequest, DetokenizeResponse,
                        ErrorResponse, ModelCard, ModelList, TokenizeRequest, TokenizeResponse, VersionResponse)
 from .serving import OpenAIServing
+from .triton import OPEN_PATHS as _TRITON_OPEN_PATHS, create_triton_router
+from .validation import check_text, describe_body_error, document_errors_as_sent, validation_error
+from .web import add_web_chat, is_web_path
 
-# Paths open without the API key (load balancers and Prometheus probe them).
-_OPEN_PATHS = ("/health", "/version", "/metrics")
+# Paths open without the API key (load balancers and Prometheus probe them); the web chat page
+# (web.is_web_path) is open too and asks for the key itself.
+_OPEN_PATHS = ("/health", "/version", "/metrics") + _TRITON_OPEN_PATHS
 
-_ERROR_RESPONSES = {code: {"model": ErrorResponse} for code in (400, 401, 404, 413, 503)}
+_ERROR_RESPONSES = {code: {"model": ErrorResponse} for code in (400, 401, 404, 413, 415, 503)}
+
+
+def _generation_responses(model) -> dict:
+    """A generation endpoint's documented answers: `model` as JSON, or with stream=true an SSE
+    stream of chunks (text/event-stream), and the OpenAI errors."""
+    # Before OpenAPI 3.2 an event stream's schema describes one event: here a `data` line holding
+    # a JSON chunk, an error object or the final [DONE].
+    event = {"type": "object", "required": ["data"], "properties": {"data": {"type": "string"}}}
+    ok = {"model": model, "description": "The response; with stream=true, server-sent events of chunks",
+          "content": {"text/event-stream": {"schema": event}}}
+    return {200: ok, **_ERROR_RESPONSES}
 
 DEFAULT_MAX_REQUEST_BODY_BYTES = 16 * 1024 * 1024
 
@@ -84,25 +102,19 @@ class _BodySizeLimit:
         await self.app(scope, replayed, send)
 
 
-def _validation_param(loc: Sequence) -> Optional[str]:
-    """pydantic's error location ("body", "messages", 0, "content") -> "messages[0].content"."""
-    parts = [p for p in loc if p != "body"]
-    out = ""
-    for p in parts:
-        out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else str(p))
-    return out or None
-
-
 def create_app(llm: LLM, served_model_names: Optional[Sequence[str]] = None, api_key: Optional[str] = None,
                chat_template: Optional[str] = None, model_path: Optional[str] = None,
                max_num_queued_requests: Optional[int] = None,
                max_request_body_bytes: int = DEFAULT_MAX_REQUEST_BODY_BYTES,
-               allowed_origins: Optional[Sequence[str]] = None) -> FastAPI:
+               allowed_origins: Optional[Sequence[str]] = None,
+               shutdown_timeout: float = DEFAULT_SHUTDOWN_TIMEOUT_S) -> FastAPI:
     """An app serving `llm` under `served_model_names` (the first is reported in responses;
-    default: model_path). With api_key, every endpoint but /health, /version and /metrics needs
+    default: model_path). With api_key, every endpoint but /health, /version, /metrics, /v2/health/live,
+    /v2/health/ready and the web chat page (/ and /static/...) needs
     `Authorization: Bearer <api_key>`. max_num_queued_requests: engine requests in flight beyond
     which calls get 503 + Retry-After (None: no limit). Bodies over max_request_body_bytes get
-    413. CORS headers are sent only for allowed_origins (["*"] for any)."""
+    413. CORS headers are sent only for allowed_origins (["*"] for any). shutdown_timeout: seconds
+    a SIGTERM drain waits for requests in flight (lifecycle.py; app.state.lifecycle)."""
     if max_request_body_bytes < 1:
         raise ValueError(f"max_request_body_bytes must be >= 1; got {max_request_body_bytes}")
     names = list(served_model_names or [model_path or "llmcore"])
@@ -110,6 +122,7 @@ def create_app(llm: LLM, served_model_names: Optional[Sequence[str]] = None, api
     serving = OpenAIServing(llm, names, chat_template=chat_template,
                             max_num_queued_requests=max_num_queued_requests, metrics=metrics)
     app = FastAPI(title="llmcore OpenAI-compatible server", version=__version__)
+    document_errors_as_sent(app)
     app.state.serving = serving
     app.state.metrics = metrics
 
@@ -119,21 +132,15 @@ def create_app(llm: LLM, served_model_names: Optional[Sequence[str]] = None, api
         return exc.response()
 
     @app.exception_handler(RequestValidationError)
-    async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
-        errors = exc.errors()
-        first = errors[0] if errors else {}
-        param = _validation_param(first.get("loc", ()))
-        if first.get("type") == "json_invalid":
-            message = f"the request body is not valid JSON: {first.get('ctx', {}).get('error', first.get('msg'))}"
-            param = None
-        else:
-            message = "; ".join(f"{_validation_param(e.get('loc', ())) or 'body'}: {e.get('msg')}" for e in errors)
-        return bad_request(message, param=param).response()
+    async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return validation_error(request, exc).response()
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
         kind = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
-        return APIError(exc.status_code, str(exc.detail), type=kind).response()
+        # Starlette's headers (the Allow list of a 405) stay on the response.
+        message = describe_body_error(str(exc.detail), exc.__cause__)
+        return APIError(exc.status_code, message, type=kind, headers=exc.headers).response()
 
     @app.exception_handler(EngineDeadError)
     async def _engine_dead(_: Request, exc: EngineDeadError) -> JSONResponse:
@@ -145,7 +152,7 @@ def create_app(llm: LLM, served_model_names: Optional[Sequence[str]] = None, api
 
         @app.middleware("http")
         async def _check_key(request: Request, call_next):
-            if request.method == "OPTIONS" or request.url.path in _OPEN_PATHS:
+            if request.method == "OPTIONS" or request.url.path in _OPEN_PATHS or is_web_path(request.url.path):
                 return await call_next(request)
             given = request.headers.get("authorization", "").encode("utf-8")
             if not hmac.compare_digest(given, expected):
@@ -156,19 +163,24 @@ def create_app(llm: LLM, served_model_names: Optional[Sequence[str]] = None, api
     # Added last, so outermost: oversized bodies are refused before auth reads anything, and
     # CORS headers also go on error responses.
     app.add_middleware(_BodySizeLimit, limit=max_request_body_bytes)
+    # Outside the size limit: while draining, new requests get 503 before their body is read.
+    lifecycle = install_lifecycle(app, serving.engine, _OPEN_PATHS, shutdown_timeout=shutdown_timeout)
     if allowed_origins:
         app.add_middleware(CORSMiddleware, allow_origins=list(allowed_origins), allow_credentials=True,
                            allow_methods=["*"], allow_headers=["*"])
 
     # -- endpoints --------------------------------------------------------------------------
+    add_web_chat(app)  # GET / and /static/...: the chat page
+
     @app.get("/metrics", include_in_schema=False)
     async def metrics_endpoint() -> Response:
         return Response(content=metrics.exposition(), media_type=metrics.content_type)
 
-    @app.get("/health")
+    @app.get("/health", response_class=Response,
+             responses={200: {"description": "serving (no body)"}, 503: {"description": "not serving (no body)"}})
     async def health() -> Response:
-        """200 while the engine serves requests, 503 once it has stopped."""
-        return Response(status_code=200 if serving.engine.is_healthy() else 503)
+        """200 while the engine serves requests, 503 once it has stopped or the server drains."""
+        return Response(status_code=200 if lifecycle.healthy() else 503)
 
     @app.get("/version", response_model=VersionResponse)
     async def version() -> VersionResponse:
@@ -179,22 +191,23 @@ def create_app(llm: LLM, served_model_names: Optional[Sequence[str]] = None, api
         return ModelList(data=[ModelCard(id=name, root=model_path or name, max_model_len=serving.max_model_len)
                                for name in names])
 
-    @app.post("/v1/completions", responses=_ERROR_RESPONSES)
-    async def completions(req: CompletionRequest):
-        result = await serving.create_completion(req)
+    @app.post("/v1/completions", responses=_generation_responses(CompletionResponse))
+    async def completions(req: CompletionRequest, raw: Request):
+        result = await cancel_on_disconnect(raw, serving.create_completion(req))
         if req.stream:
             return StreamingResponse(result, media_type="text/event-stream")
         return JSONResponse(content=result.model_dump())
 
-    @app.post("/v1/chat/completions", responses=_ERROR_RESPONSES)
-    async def chat_completions(req: ChatCompletionRequest):
-        result = await serving.create_chat_completion(req)
+    @app.post("/v1/chat/completions", responses=_generation_responses(ChatCompletionResponse))
+    async def chat_completions(req: ChatCompletionRequest, raw: Request):
+        result = await cancel_on_disconnect(raw, serving.create_chat_completion(req))
         if req.stream:
             return StreamingResponse(result, media_type="text/event-stream")
         return JSONResponse(content=result.model_dump())
 
     @app.post("/tokenize", response_model=TokenizeResponse, responses=_ERROR_RESPONSES)
     async def tokenize(req: TokenizeRequest) -> TokenizeResponse:
+        check_text(req)
         serving.check_model(req.model)
         if (req.prompt is None) == (req.messages is None):
             raise bad_request("give exactly one of prompt and messages", param="prompt")
@@ -206,6 +219,7 @@ def create_app(llm: LLM, served_model_names: Optional[Sequence[str]] = None, api
 
     @app.post("/detokenize", response_model=DetokenizeResponse, responses=_ERROR_RESPONSES)
     async def detokenize(req: DetokenizeRequest) -> DetokenizeResponse:
+        check_text(req)
         serving.check_model(req.model)
         bad = [t for t in req.tokens if not 0 <= t < serving.vocab_size]
         if bad:
@@ -213,4 +227,5 @@ def create_app(llm: LLM, served_model_names: Optional[Sequence[str]] = None, api
                               param="tokens")
         return DetokenizeResponse(prompt=serving.tokenizer.decode(req.tokens))
 
+    app.include_router(create_triton_router(serving, names, healthy=lifecycle.healthy))  # /v2: triton.py
     return app

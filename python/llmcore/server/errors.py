@@ -50,9 +50,13 @@ def from_value_error(err: ValueError, renames: Dict[str, str], prompt_param: str
     message = str(err)
     if message.startswith("the prompt"):
         code = "context_length_exceeded" if "max_model_len" in message else None
-        return bad_request(message, param=prompt_param, code=code)
+        # "the prompt (N tokens) plus max_tokens (M) ...": the prompt fits; max_tokens asks too much.
+        param = renames.get("max_tokens", "max_tokens") if "plus max_tokens" in message else prompt_param
+        return bad_request(message, param=param, code=code)
     m = _LEADING_NAME.match(message)
     name = m.group(1) if m else None
     if name == "prompt_token_ids":
         return bad_request(message, param=prompt_param)
+    if name in renames:  # the message names the field as the client sent it
+        message = renames[name] + message[len(name):]
     return bad_request(message, param=renames.get(name, name) if name else None)

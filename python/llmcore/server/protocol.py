@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from typing import Dict, List, Literal, Optional, Union
+from typing import Annotated, Any, Dict, List, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -22,8 +22,15 @@ def now() -> int:
 
 
 class _Request(BaseModel):
-    # Unknown fields are ignored (OpenAI clients send fields of newer API versions).
-    model_config = ConfigDict(extra="ignore")
+    # Unknown fields are ignored (OpenAI clients send fields of newer API versions). Types are
+    # strict, as OpenAI checks them: "5" is not an integer and false is not a number.
+    model_config = ConfigDict(extra="ignore", strict=True)
+
+
+# Non-empty lists, so the schema says what the handlers refuse.
+TokenIds = Annotated[List[int], Field(min_length=1)]
+# vLLM's seed range: a signed 64-bit integer.
+Seed = Annotated[Optional[int], Field(ge=-(2 ** 63), le=2 ** 63 - 1)]
 
 
 # -- errors ------------------------------------------------------------------------------------
@@ -79,19 +86,29 @@ class _SamplingExtras(_Request):
 
 # -- completions -------------------------------------------------------------------------------
 class CompletionRequest(_SamplingExtras):
+    # Examples for the OpenAPI document (and the requests schemathesis starts from).
+    model_config = ConfigDict(json_schema_extra={"examples": [
+        {"prompt": "Say this is a test", "max_tokens": 7, "temperature": 0},
+        {"prompt": ["Once upon a time", "The cat"], "max_tokens": 5, "n": 2, "temperature": 0.8, "seed": 1,
+         "stream": True, "stream_options": {"include_usage": True}},
+        {"prompt": [1, 2, 3], "max_tokens": 3, "logprobs": 2, "echo": True, "stop": ["."]},
+    ]})
     model: Optional[str] = None
     # Text, a batch of texts, token ids, or a batch of token-id lists.
-    prompt: Union[List[List[int]], List[int], List[str], str]
+    prompt: Union[Annotated[List[TokenIds], Field(min_length=1)], TokenIds,
+                  Annotated[List[str], Field(min_length=1)], str]
     max_tokens: Optional[int] = 16
     temperature: Optional[float] = None
     top_p: Optional[float] = None
     n: int = 1
+    # OpenAI's: the best n of best_of samples. Only best_of == n (no ranking) is served.
+    best_of: Optional[int] = None
     stream: bool = False
     stream_options: Optional[StreamOptions] = None
     logprobs: Optional[int] = None
     echo: bool = False
     stop: Union[str, List[str], None] = None
-    seed: Optional[int] = None
+    seed: Seed = None
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
     logit_bias: Optional[Dict[str, float]] = None
@@ -136,14 +153,26 @@ class ChatContentPart(_Request):
 
 
 class ChatMessage(_Request):
-    role: str
-    content: Union[str, List[ChatContentPart], None] = None
+    # OpenAI's roles; "developer" is the newer name of "system".
+    role: Literal["system", "developer", "user", "assistant", "tool", "function"]
+    content: Union[str, Annotated[List[ChatContentPart], Field(min_length=1)], None] = None
     name: Optional[str] = None
 
 
+class ResponseFormat(_Request):
+    type: str
+    json_schema: Optional[Dict[str, Any]] = None
+
+
 class ChatCompletionRequest(_SamplingExtras):
+    model_config = ConfigDict(json_schema_extra={"examples": [
+        {"messages": [{"role": "system", "content": "You are terse."}, {"role": "user", "content": "Hello!"}],
+         "max_completion_tokens": 8},
+        {"messages": [{"role": "user", "content": [{"type": "text", "text": "Hi"}]}], "max_tokens": 4,
+         "logprobs": True, "top_logprobs": 2, "stream": True, "stream_options": {"include_usage": True}},
+    ]})
     model: Optional[str] = None
-    messages: List[ChatMessage]
+    messages: Annotated[List[ChatMessage], Field(min_length=1)]
     max_tokens: Optional[int] = None  # deprecated by OpenAI in favour of max_completion_tokens
     max_completion_tokens: Optional[int] = None
     temperature: Optional[float] = None
@@ -152,7 +181,7 @@ class ChatCompletionRequest(_SamplingExtras):
     stream: bool = False
     stream_options: Optional[StreamOptions] = None
     stop: Union[str, List[str], None] = None
-    seed: Optional[int] = None
+    seed: Seed = None
     logprobs: bool = False
     top_logprobs: Optional[int] = None
     presence_penalty: float = 0.0
@@ -163,6 +192,14 @@ class ChatCompletionRequest(_SamplingExtras):
     add_generation_prompt: bool = True
     continue_final_message: bool = False
     chat_template_kwargs: Optional[Dict[str, object]] = None
+    # Declared so that they are checked, not dropped: tools are rendered by the chat template only
+    # with tool_choice "none" (there is no tool-call parser), the deprecated functions are refused,
+    # and response_format may only ask for text (validation.check_chat_request).
+    tools: Optional[List[Dict[str, Any]]] = None
+    tool_choice: Union[str, Dict[str, Any], None] = None
+    functions: Optional[List[Dict[str, Any]]] = None
+    function_call: Union[str, Dict[str, Any], None] = None
+    response_format: Optional[ResponseFormat] = None
 
 
 class TopLogprob(BaseModel):
@@ -229,9 +266,11 @@ class ChatCompletionStreamResponse(BaseModel):
 class TokenizeRequest(_Request):
     """Either `prompt` (text) or `messages` (rendered with the chat template)."""
 
+    model_config = ConfigDict(json_schema_extra={"examples": [
+        {"prompt": "Hello world"}, {"messages": [{"role": "user", "content": "Hello"}]}]})
     model: Optional[str] = None
     prompt: Optional[str] = None
-    messages: Optional[List[ChatMessage]] = None
+    messages: Optional[Annotated[List[ChatMessage], Field(min_length=1)]] = None
     add_special_tokens: bool = True
     add_generation_prompt: bool = True
 
@@ -243,6 +282,7 @@ class TokenizeResponse(BaseModel):
 
 
 class DetokenizeRequest(_Request):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"tokens": [1, 2, 3]}]})
     model: Optional[str] = None
     tokens: List[int]
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import re
 from typing import Any, AsyncIterator, Callable, Dict, List, Optional, Sequence, Tuple
 
 from .. import SamplingParams
@@ -25,11 +26,16 @@ from .protocol import (ChatCompletionChoice, ChatCompletionRequest, ChatCompleti
                        ChatTokenLogprob, ChoiceLogprobs, CompletionChoice, CompletionLogprobs,
                        CompletionRequest, CompletionResponse, DeltaMessage, TopLogprob, UsageInfo,
                        now, random_id)
+from .validation import (chat_message_content, check_chat_request, check_completion_request, check_int_fields,
+                         check_text)
 
 # JSON has no -inf; OpenAI-compatible servers report an impossible token's logprob as this.
 _MIN_LOGPROB = -9999.0
 # OpenAI's logit_bias range.
 _LOGIT_BIAS_LIMIT = 100.0
+
+# A logit_bias key: a token id in decimal ASCII digits.
+_TOKEN_ID_KEY = re.compile(r"^-?[0-9]+$")
 
 # Seconds a client refused for a full queue is told to wait (the Retry-After header).
 RETRY_AFTER_S = 1
@@ -91,11 +97,10 @@ class OpenAIServing:
             return None
         out: Dict[int, float] = {}
         for key, value in bias.items():
-            try:
-                token = int(key)
-            except ValueError:
+            if not _TOKEN_ID_KEY.match(key):  # int() would also take " 5", "+5", "5_0" and non-ASCII digits
                 raise bad_request(f"logit_bias keys must be token ids written as strings; got {key!r}",
-                                  param="logit_bias") from None
+                                  param="logit_bias")
+            token = int(key)
             if not (math.isfinite(value) and -_LOGIT_BIAS_LIMIT <= value <= _LOGIT_BIAS_LIMIT):
                 raise bad_request(f"logit_bias values must be in [-100, 100]; got {value} for token {key}",
                                   param="logit_bias")
@@ -126,6 +131,7 @@ class OpenAIServing:
             prompt_logprobs=prompt_logprobs, skip_special_tokens=req.skip_special_tokens,
             include_stop_str_in_output=req.include_stop_str_in_output,
             logit_bias=self._logit_bias(req.logit_bias))
+        check_int_fields(kwargs, renames, prompt_len, self.max_model_len, self.vocab_size)
         try:
             params = SamplingParams(**kwargs)
             params.validate(self.vocab_size)
@@ -154,7 +160,13 @@ class OpenAIServing:
                 for i, ((text, ids), p) in enumerate(zip(prompts, params))]
         run = _Run(self.engine, gens, on_finished=self.metrics.observe_finished if self.metrics else None,
                    on_release=self._release)
-        firsts = await asyncio.gather(*(g.__anext__() for g in gens), return_exceptions=True)
+        try:
+            firsts = await asyncio.gather(*(g.__anext__() for g in gens), return_exceptions=True)
+        except asyncio.CancelledError:
+            # The client left before every first output (lifecycle.cancel_on_disconnect): each
+            # generator's cleanup aborted its engine request; the queue slots are returned now.
+            run.abort()
+            raise
         failure = next((f for f in firsts if isinstance(f, BaseException)), None)
         if failure is not None:
             run.abort()
@@ -194,7 +206,9 @@ class OpenAIServing:
 
     async def create_completion(self, req: CompletionRequest):
         """POST /v1/completions -> CompletionResponse, or an SSE stream of chunks."""
+        check_text(req)
         self.check_model(req.model)
+        check_completion_request(req)
         prompts = self.completion_prompts(req.prompt)
         echo_logprobs = req.logprobs if (req.echo and req.logprobs is not None) else None
         params = [self.sampling_params(req, len(ids), req.max_tokens, req.logprobs, {}, "prompt",
@@ -307,22 +321,15 @@ class OpenAIServing:
         """Renders the messages with the chat template -> (text, ids); 400 when it cannot."""
         messages = []
         for k, m in enumerate(req.messages):
-            content = m.content
-            if isinstance(content, list):
-                texts = []
-                for part in content:
-                    if part.type != "text" or part.text is None:
-                        raise bad_request(f"messages[{k}].content: only text content parts are supported; "
-                                          f"got a part of type {part.type!r}", param="messages")
-                    texts.append(part.text)
-                content = "\n".join(texts)
-            msg: Dict[str, Any] = {"role": m.role, "content": content if content is not None else ""}
+            msg: Dict[str, Any] = {"role": m.role, "content": chat_message_content(k, m.role, m.content)}
             if m.name is not None:
                 msg["name"] = m.name
             messages.append(msg)
         if not messages:
             raise bad_request("messages must not be empty", param="messages")
         kwargs = dict(getattr(req, "chat_template_kwargs", None) or {})
+        if getattr(req, "tools", None):  # with tool_choice "none" (validation.check_chat_request), as vLLM
+            kwargs["tools"] = req.tools
         try:
             text = self.tokenizer.apply_chat_template(
                 messages, chat_template=self.chat_template, add_generation_prompt=req.add_generation_prompt,
@@ -333,9 +340,9 @@ class OpenAIServing:
 
     async def create_chat_completion(self, req: ChatCompletionRequest):
         """POST /v1/chat/completions -> ChatCompletionResponse, or an SSE stream of chunks."""
+        check_text(req)
         self.check_model(req.model)
-        if req.top_logprobs is not None and not req.logprobs:
-            raise bad_request("top_logprobs needs logprobs=true", param="top_logprobs")
+        check_chat_request(req)
         text, ids = self.chat_prompt(req)
         max_tokens = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
         renames = {"logprobs": "top_logprobs",

@@ -1,0 +1,118 @@
+"""Where a step's time goes: every GPU kernel of llmcore's engine (its own kernels and cuBLAS), as
+recorded by the CUDA profiler that ships with PyTorch (CUPTI traces every kernel in the process),
+for three workloads on a full-size dummy model:
+
+  decode-b1    batch 1 decode (128-token prompt), --decode-tokens tokens
+  decode-bN    batch --batch decode (128-token prompts)
+  prefill      --prefill-prompts prompts of --prefill-len tokens, one output token each
+
+For each: wall time per step, summed kernel time per step (the GPU busy fraction: the rest is the
+host: launches, scheduling, sampling, syncs) and the kernels ranked by total time, grouped by
+name. Also the engine's own host-phase counters per step.
+
+    python3 benchmarks/profile_step.py --model benchmarks/configs/llama-3-8b
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # noqa: E402
+
+PHASES = ("time_schedule_s", "time_execute_s", "time_sample_s", "time_output_s")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--batch", type=int, default=64, help="batch size of the decode-bN workload")
+    p.add_argument("--decode-tokens", type=int, default=32)
+    p.add_argument("--prefill-len", type=int, default=1024)
+    p.add_argument("--prefill-prompts", type=int, default=8)
+    p.add_argument("--top", type=int, default=15, help="kernels listed per workload")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--output-json", default=None)
+    common.add_engine_args(p)
+    return p
+
+
+def short(name: str) -> str:
+    name = name.replace("(anonymous namespace)::", "").replace("void ", "", 1).split("(")[0]
+    return name if len(name) <= 70 else name[:67] + "..."
+
+
+def profile(llm, llmcore, torch, prompts, max_tokens, top):
+    params = llmcore.SamplingParams(temperature=0.0, ignore_eos=True, max_tokens=max_tokens, detokenize=False)
+    reqs = [{"prompt_token_ids": ids} for ids in prompts]
+    llm.generate(reqs, params, use_tqdm=False)  # warm-up: plans, caches
+    before = llm.llm_engine.get_stats()
+    # Without a GPU (a smoke run) there are no kernels to trace; the host counters still count.
+    acts = [torch.profiler.ProfilerActivity.CUDA if torch.cuda.is_available() else torch.profiler.ProfilerActivity.CPU]
+    with torch.profiler.profile(activities=acts) as prof:
+        t0 = time.perf_counter()
+        llm.generate(reqs, params, use_tqdm=False)
+        wall = time.perf_counter() - t0
+    after = llm.llm_engine.get_stats()
+    steps = after["num_steps"] - before["num_steps"]
+    by_name = defaultdict(lambda: [0.0, 0])
+    total_us = 0.0
+    for ev in prof.events():
+        if ev.device_type != torch.autograd.DeviceType.CUDA:
+            continue
+        dur = ev.device_time if hasattr(ev, "device_time") else ev.cuda_time
+        by_name[short(ev.name)][0] += dur
+        by_name[short(ev.name)][1] += 1
+        total_us += dur
+    ranked = sorted(by_name.items(), key=lambda kv: -kv[1][0])
+    kernels = [{"name": n, "total_ms": us / 1e3, "calls": c, "ms_per_step": us / 1e3 / max(steps, 1),
+                "share": us / total_us if total_us else 0.0} for n, (us, c) in ranked]
+    return {
+        "steps": steps,
+        "wall_ms_per_step": wall / max(steps, 1) * 1e3,
+        "kernel_ms_per_step": total_us / 1e3 / max(steps, 1),
+        "gpu_busy_fraction": (total_us / 1e6) / wall if wall else None,
+        "host_ms_per_step": {k[5:-2]: (after[k] - before[k]) / max(steps, 1) * 1e3 for k in PHASES if k in after},
+        "kernels": kernels[: max(top, 40)],
+    }
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    import torch
+
+    llmcore = common.import_llmcore()
+    config = common.read_config(args.model)
+    model_dir = common.model_with_overrides(args.model, {}, args.load_format)
+    device = common.resolve_device(args.device, llmcore)
+    llm, engine_kwargs = common.make_llm(args, model_dir, device)
+    vocab = int(config["vocab_size"])
+    workloads = {
+        "decode-b1": (common.random_token_ids(1, 128, vocab, args.seed), args.decode_tokens),
+        f"decode-b{args.batch}": (common.random_token_ids(args.batch, 128, vocab, args.seed + 1), args.decode_tokens),
+        "prefill": (common.random_token_ids(args.prefill_prompts, args.prefill_len, vocab, args.seed + 2), 1),
+    }
+    results = {}
+    for name, (prompts, max_tokens) in workloads.items():
+        r = profile(llm, llmcore, torch, prompts, max_tokens, args.top)
+        results[name] = r
+        print(f"== {name}: {r['steps']} steps, wall {r['wall_ms_per_step']:.3f} ms/step, kernels "
+              f"{r['kernel_ms_per_step']:.3f} ms/step (GPU busy {r['gpu_busy_fraction']:.0%}); host ms/step "
+              + ", ".join(f"{k} {v:.3f}" for k, v in r["host_ms_per_step"].items()))
+        for k in r["kernels"][: args.top]:
+            print(f"   {k['ms_per_step']:8.3f} ms/step {k['share']:6.1%} {k['calls']:6d}x  {k['name']}")
+    llm.shutdown()
+    record = common.new_record("profile_step", device, args, "torch")
+    record.update({"engine_kwargs": engine_kwargs, "results": results})
+    path = common.write_record(record, args.output_json)
+    print(f"Results: {path}")
+    print("Profile: " + "; ".join(f"{n} {r['wall_ms_per_step']:.2f} ms/step ({r['gpu_busy_fraction']:.0%} GPU busy)"
+                                  for n, r in results.items()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
