@@ -9,6 +9,11 @@ touch /tmp/llmcore-session-start
 stages=${*:-build ctest pytest latency throughput}
 source benchmarks/device_env.sh
 export PYTHONPATH=$PWD/python:$PWD/tests/python PYTHONUNBUFFERED=1
+# Python packages the machine lacks (the server's fastapi, uvicorn, ...), carried as wheels in .whl/.
+if ls .whl/*.whl >/dev/null 2>&1; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl &&
+    export PYTHONPATH=$PYTHONPATH:/tmp/site
+fi
 # The device tree has no git: the commit comes from COMMIT, written where the tree was prepared
 # (git rev-parse --short HEAD > COMMIT), unless LLMCORE_COMMIT is set.
 export LLMCORE_COMMIT=${LLMCORE_COMMIT:-$(cat COMMIT 2>/dev/null || echo unknown)}

@@ -8,8 +8,8 @@ Commands: /clear (forget the conversation, keep the system prompt), /exit (or Ct
 Ctrl-C while a reply streams stops it (the request is aborted) and returns to the prompt; the
 stopped turn is dropped from the history. Ctrl-C at the prompt quits.
 
-Without --model it runs the package's tiny-random model (random weights, so the replies are not
-English) with a built-in ChatML template, since that model ships none.
+Without --model it runs the package's demo model (llmcore/models/demo), whose tokenizer_config.json
+holds a ChatML template.
 """
 
 from __future__ import annotations
@@ -17,19 +17,12 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from pathlib import Path
 from typing import Any, Dict, List, Optional, TextIO
 
-TINY_RANDOM_MODEL = Path(__file__).parent / "models" / "tiny-random"
+from .models import default_model
+
 PROMPT = ">>> "
 EXIT_USAGE = 2  # argparse's code for bad usage; also a model that cannot chat
-
-# The template of the built-in random-weight demo model, which has none of its own.
-CHATML_TEMPLATE = (
-    "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\\n' + message['content']"
-    " + '<|im_end|>' + '\\n'}}{% endfor %}{% if add_generation_prompt %}"
-    "{{ '<|im_start|>assistant\\n' }}{% endif %}"
-)
 
 HELP_TEXT = "commands: /clear (new conversation), /exit (quit; also Ctrl-D), /help. Ctrl-C stops a reply."
 
@@ -37,9 +30,9 @@ HELP_TEXT = "commands: /clear (new conversation), /exit (quit; also Ctrl-D), /he
 def build_parser() -> argparse.ArgumentParser:
     """The command-line flags (vLLM's names where they overlap)."""
     p = argparse.ArgumentParser(prog="python -m llmcore.chat", description="Chat with a model in the terminal.")
-    p.add_argument("--model", help="HuggingFace checkpoint directory (default: the built-in tiny-random model)")
-    p.add_argument("--load-format", choices=["auto", "dummy"], default=None,
-                   help="'dummy' draws random weights (default: auto; dummy for the built-in model)")
+    p.add_argument("--model", help="HuggingFace checkpoint directory (default: the built-in demo model)")
+    p.add_argument("--load-format", choices=["auto", "dummy"], default="auto",
+                   help="'dummy' draws random weights of the checkpoint's shapes")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--dtype", default="auto", help="compute dtype (default: the checkpoint's)")
     p.add_argument("--max-model-len", type=int, default=None,
@@ -180,13 +173,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     except (OSError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USAGE
-    if args.model is None and template is None:
-        template = CHATML_TEMPLATE
     from . import LLM
 
-    model = args.model or str(TINY_RANDOM_MODEL)
-    load_format = args.load_format or ("auto" if args.model else "dummy")
+    model = args.model
+    load_format = args.load_format
     try:
+        model = model or str(default_model())
         # One conversation at a time: a single sequence slot keeps the CPU KV cache small.
         llm = LLM(model, device=args.device, dtype=args.dtype, max_model_len=args.max_model_len,
                   load_format=load_format, max_num_seqs=1, seed=args.seed or 0)

@@ -46,7 +46,8 @@ def _resolve_device(device: str) -> str:
 class LLM:
     """An offline LLM: load a HuggingFace checkpoint directory, then generate.
 
-    Arguments follow vLLM's ``LLM``. ``num_gpu_blocks_override`` fixes the number of KV-cache
+    Arguments follow vLLM's ``LLM``; without ``model`` it loads the built-in demo model
+    (llmcore/models/demo). ``enforce_eager`` turns off the CUDA graphs of decode steps. ``num_gpu_blocks_override`` fixes the number of KV-cache
     blocks (of ``block_size`` tokens); on the CPU the cache otherwise takes
     ``LLMCORE_CPU_KVCACHE_SPACE`` GiB (default 4), capped at what ``max_num_seqs`` full-length
     sequences can use.
@@ -79,7 +80,9 @@ class LLM:
         enforce_eager: bool = False,
     ) -> None:
         if model is None:
-            raise ValueError("model is required: the path of a HuggingFace checkpoint directory")
+            from .models import default_model
+
+            model = str(default_model())
         if generation_config not in ("auto", "vllm"):
             raise ValueError("generation_config must be 'auto' (use the model's generation_config.json) "
                              f"or 'vllm' (ignore it); got {generation_config!r}")

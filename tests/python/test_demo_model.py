@@ -414,8 +414,11 @@ def test_demo_greedy_matches_transformers(demo_llm, demo_hf, prompt):
     hf_tok, model = demo_hf
     ids = hf_tok(prompt, return_tensors="pt").input_ids
     with torch.no_grad():
-        expected = model.generate(ids, max_new_tokens=32, do_sample=False, temperature=None, top_p=None,
-                                  repetition_penalty=None, eos_token_id=None, pad_token_id=0)[0, ids.shape[1]:]
+        # An explicit attention mask: the BOS is id 0, which is also the pad id, and without a mask
+        # generate() would infer one that hides it.
+        expected = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=32, do_sample=False,
+                                  temperature=None, top_p=None, repetition_penalty=1.0, eos_token_id=None,
+                                  pad_token_id=0)[0, ids.shape[1]:]
     got = demo_llm.generate(prompt, llmcore.SamplingParams(temperature=0, max_tokens=32, ignore_eos=True),
                             use_tqdm=False)[0].outputs[0].token_ids
     assert list(got) == expected.tolist()

@@ -7,9 +7,12 @@
 // K-splits (and so the order of the partial sums) is chosen from M.
 //
 // How: the algorithm is chosen once per (N, K, input dtype, output dtype, bias epilogue, weight
-// alignment), from cublasLtMatmulAlgoGetHeuristic at a representative M (kHeuristicTokens), with
-// the heuristic restricted to algorithms without a split-K reduction (REDUCTION_SCHEME_MASK =
-// NONE) and split-K forced to 1 on the chosen configuration. That configuration (algorithm id,
+// alignment), among cublasLtMatmulAlgoGetHeuristic's candidates at a few representative M
+// (kHeuristicTokens), with the heuristic restricted to algorithms without a split-K reduction
+// (REDUCTION_SCHEME_MASK = NONE) and split-K forced to 1. Each candidate is timed on the real
+// weight at decode- and prefill-sized M (kTimedTokens) and the one with the smallest sum of
+// time / best time over those M wins: no single M's pick is good at both ends (an M = 128 pick
+// ran o_proj at M = 1 at 45% of memory bandwidth on an H100). That configuration (algorithm id,
 // tile, stages, ...) is cached and passed explicitly to every cublasLtMatmul for that weight
 // shape, whatever T is. With one kernel and no split-K, every output element is one thread's
 // fp32 accumulation over K in the kernel's fixed order, so its bits depend only on its input row
@@ -26,6 +29,7 @@
 
 #include <cublasLt.h>
 
+#include <algorithm>
 #include <cstring>
 #include <vector>
 
@@ -141,7 +145,8 @@ size_t CublasLtLinear::num_plans() const {
   return plans_.size();
 }
 
-const CublasLtLinear::Plan& CublasLtLinear::plan_for(const PlanKey& key, const void* bias_ptr) {
+const CublasLtLinear::Plan& CublasLtLinear::plan_for(const PlanKey& key, const void* weight,
+                                                     const void* bias_ptr) {
   std::lock_guard<std::mutex> lock(mu_);
   auto found = plans_.find(key);
   if (found != plans_.end()) return *found->second;
@@ -171,26 +176,38 @@ const CublasLtLinear::Plan& CublasLtLinear::plan_for(const PlanKey& key, const v
   LLMCORE_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(
       &pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &align_d, sizeof(align_d)));
 
-  Problem rep(n, k, kHeuristicTokens, in, out, bias);
-  cublasLtMatmulHeuristicResult_t results[kHeuristicCandidates];
-  std::memset(results, 0, sizeof(results));
-  int num_results = 0;
-  LLMCORE_CUBLAS_CHECK(cublasLtMatmulAlgoGetHeuristic(handle, &rep.desc, &rep.a, &rep.b, &rep.d,
-                                                      &rep.d, &pref, kHeuristicCandidates, results,
-                                                      &num_results));
+  // Candidates: the heuristic's picks at each representative M, without duplicates.
+  std::vector<cublasLtMatmulAlgo_t> candidates;
+  int num_results_total = 0;
+  for (int64_t m : kHeuristicTokens) {
+    Problem rep(n, k, m, in, out, bias);
+    cublasLtMatmulHeuristicResult_t results[kHeuristicCandidates];
+    std::memset(results, 0, sizeof(results));
+    int num_results = 0;
+    LLMCORE_CUBLAS_CHECK(cublasLtMatmulAlgoGetHeuristic(handle, &rep.desc, &rep.a, &rep.b, &rep.d,
+                                                        &rep.d, &pref, kHeuristicCandidates, results,
+                                                        &num_results));
+    num_results_total += num_results;
+    for (int i = 0; i < num_results; ++i) {
+      if (results[i].state != CUBLAS_STATUS_SUCCESS) continue;
+      cublasLtMatmulAlgo_t algo = results[i].algo;
+      const int32_t one_split = 1;
+      if (cublasLtMatmulAlgoConfigSetAttribute(&algo, CUBLASLT_ALGO_CONFIG_SPLITK_NUM, &one_split,
+                                               sizeof(one_split)) != CUBLAS_STATUS_SUCCESS ||
+          cublasLtMatmulAlgoConfigSetAttribute(&algo, CUBLASLT_ALGO_CONFIG_REDUCTION_SCHEME,
+                                               &no_reduction, sizeof(no_reduction)) != CUBLAS_STATUS_SUCCESS)
+        continue;
+      bool seen = false;
+      for (const cublasLtMatmulAlgo_t& c : candidates) seen = seen || std::memcmp(&c, &algo, sizeof(algo)) == 0;
+      if (!seen) candidates.push_back(algo);
+    }
+  }
 
-  for (int i = 0; i < num_results; ++i) {
-    if (results[i].state != CUBLAS_STATUS_SUCCESS) continue;
+  // Keep those valid for every batch size, with their workspace needs.
+  std::vector<std::unique_ptr<Plan>> valid;
+  for (const cublasLtMatmulAlgo_t& algo : candidates) {
     auto plan = std::make_unique<Plan>();
-    plan->algo = results[i].algo;
-    const int32_t one_split = 1;
-    if (cublasLtMatmulAlgoConfigSetAttribute(&plan->algo, CUBLASLT_ALGO_CONFIG_SPLITK_NUM,
-                                             &one_split,
-                                             sizeof(one_split)) != CUBLAS_STATUS_SUCCESS ||
-        cublasLtMatmulAlgoConfigSetAttribute(&plan->algo, CUBLASLT_ALGO_CONFIG_REDUCTION_SCHEME,
-                                             &no_reduction,
-                                             sizeof(no_reduction)) != CUBLAS_STATUS_SUCCESS)
-      continue;
+    plan->algo = algo;
     bool accepted = true;
     for (int64_t tokens : kProbeTokens) {
       Problem probe(n, k, tokens, in, out, bias);
@@ -204,16 +221,74 @@ const CublasLtLinear::Plan& CublasLtLinear::plan_for(const PlanKey& key, const v
       }
       plan->workspace_bytes = std::max(plan->workspace_bytes, check.workspaceSize);
     }
-    if (!accepted) continue;
-    const Plan& chosen = *plan;
-    plans_.emplace(key, std::move(plan));
+    if (accepted) valid.push_back(std::move(plan));
+  }
+
+  if (!valid.empty()) {
+    size_t best = 0;
+    if (valid.size() > 1) {
+      // Time each at every kTimedTokens M (capped so the output stays under 256 MiB) on the real
+      // weight, with the weight's own rows as inputs (real, non-zero data).
+      const size_t out_size = dtype_size(out);
+      std::vector<std::vector<float>> ms(valid.size());
+      cudaEvent_t start = nullptr, stop = nullptr;
+      LLMCORE_CUDA_CHECK(cudaEventCreate(&start));
+      LLMCORE_CUDA_CHECK(cudaEventCreate(&stop));
+      for (int64_t m_want : kTimedTokens) {
+        const int64_t m = std::max<int64_t>(1, std::min<int64_t>(m_want, (int64_t{256} << 20) / (n * out_size)));
+        Tensor x = empty_on_stream({m, k}, in, device_, stream_);
+        Tensor d = empty_on_stream({m, n}, out, device_, stream_);
+        const size_t row_bytes = static_cast<size_t>(k) * dtype_size(in);
+        for (int64_t r = 0; r < m; r += std::min(m - r, n)) {
+          const int64_t rows = std::min(m - r, n);
+          LLMCORE_CUDA_CHECK(cudaMemcpyAsync(static_cast<char*>(x.data()) + r * row_bytes, weight,
+                                             rows * row_bytes, cudaMemcpyDeviceToDevice, stream_));
+        }
+        Problem problem(n, k, m, in, out, bias);
+        const float alpha = 1.0f, beta = 0.0f;
+        for (size_t c = 0; c < valid.size(); ++c) {
+          auto launch = [&] {
+            LLMCORE_CUBLAS_CHECK(cublasLtMatmul(handle, &problem.desc, &alpha, weight, &problem.a, x.data(),
+                                                &problem.b, &beta, d.data(), &problem.d, d.data(), &problem.d,
+                                                &valid[c]->algo, workspace_.data(), valid[c]->workspace_bytes,
+                                                stream_));
+          };
+          launch();  // warm-up
+          constexpr int kReps = 5;
+          LLMCORE_CUDA_CHECK(cudaEventRecord(start, stream_));
+          for (int rep = 0; rep < kReps; ++rep) launch();
+          LLMCORE_CUDA_CHECK(cudaEventRecord(stop, stream_));
+          LLMCORE_CUDA_CHECK(cudaEventSynchronize(stop));
+          float elapsed = 0.0f;
+          LLMCORE_CUDA_CHECK(cudaEventElapsedTime(&elapsed, start, stop));
+          ms[c].push_back(elapsed / kReps);
+        }
+      }
+      cudaEventDestroy(start);
+      cudaEventDestroy(stop);
+      double best_cost = 0.0;
+      for (size_t c = 0; c < valid.size(); ++c) {
+        double cost = 0.0;
+        for (size_t j = 0; j < ms[c].size(); ++j) {
+          float fastest = ms[c][j];
+          for (size_t o = 0; o < valid.size(); ++o) fastest = std::min(fastest, ms[o][j]);
+          cost += ms[c][j] / std::max(fastest, 1e-6f);
+        }
+        if (c == 0 || cost < best_cost) {
+          best = c;
+          best_cost = cost;
+        }
+      }
+    }
+    const Plan& chosen = *valid[best];
+    plans_.emplace(key, std::move(valid[best]));
     return chosen;
   }
   throw_runtime_error(
       "linear: cuBLASLt has no split-K-free algorithm valid for every batch size "
       "for weight [",
       n, ", ", k, "] ", dtype_name(in), " -> ", dtype_name(out), use_bias ? " with bias" : "", " (",
-      num_results, " candidates tried)");
+      num_results_total, " candidates tried)");
 }
 
 void CublasLtLinear::run(Tensor& out, const Tensor& x, const Tensor& weight, const Tensor* bias) {
@@ -278,7 +353,7 @@ void CublasLtLinear::run(Tensor& out, const Tensor& x, const Tensor& weight, con
 
   const PlanKey key{
       n, k, static_cast<int>(in), static_cast<int>(out.dtype()), bias_epilogue, weight_align};
-  const Plan& plan = plan_for(key, bias_ptr);
+  const Plan& plan = plan_for(key, weight.data(), bias_ptr);
   Problem problem(n, k, tokens, in, out.dtype(), bias_ptr);
   const float alpha = 1.0f, beta = 0.0f;
   LLMCORE_CUBLAS_CHECK(cublasLtMatmul(

@@ -28,11 +28,10 @@ class CublasLtLinear {
   // GEMM plans chosen so far (one per weight shape, output dtype, bias use and alignment).
   size_t num_plans() const;
 
-  // Tokens per step the algorithm is chosen for (the heuristic needs one M; see the .cpp). 128
-  // is the compromise measured on an H200 with Llama-8B weight shapes: from T = 1 to 4096 it ran
-  // within 1.0-1.9x of cuBLASLt's own per-T choice; M = 512 made decode up to 2.6x slower, M = 16
-  // made prefill up to 6x slower.
-  static constexpr int64_t kHeuristicTokens = 128;
+  // Token counts the candidates come from (cuBLASLt's heuristic is asked at each) and are timed
+  // at: decode-sized and prefill-sized steps (see the .cpp).
+  static constexpr int64_t kHeuristicTokens[] = {1, 128, 2048};
+  static constexpr int64_t kTimedTokens[] = {1, 64, 2048};
   static constexpr size_t kWorkspaceBytes = size_t{32} << 20;
 
  private:
@@ -40,7 +39,7 @@ class CublasLtLinear {
   // (N, K, input dtype, output dtype, bias epilogue, weight alignment in bytes)
   using PlanKey = std::tuple<int64_t, int64_t, int, int, bool, int>;
 
-  const Plan& plan_for(const PlanKey& key, const void* bias_ptr);
+  const Plan& plan_for(const PlanKey& key, const void* weight, const void* bias_ptr);
 
   int device_;
   cudaStream_t stream_;

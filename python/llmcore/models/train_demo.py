@@ -67,9 +67,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cuda" if _cuda_available() else "cpu")
     p.add_argument("--max-steps", type=int, default=None,
                    help="default: what --max-epochs gives, or fewer if --time-limit-s allows fewer")
-    p.add_argument("--max-epochs", type=float, default=30.0,
+    p.add_argument("--max-epochs", type=float, default=8.0,
                    help="passes over the train tokens the LR schedule is sized for (the text is small: "
-                        "more passes overfit)")
+                        "more passes overfit; a 30-pass schedule was best at pass 4, before its LR decayed)")
+    p.add_argument("--chat-repeat", type=int, default=3,
+                   help="copies of each train chat example in the train stream (the chats teach the "
+                        "chat template's turn-taking and staying on the asked topic; they are short)")
     p.add_argument("--time-limit-s", type=float, default=480.0, help="hard wall-clock limit of the whole run")
     p.add_argument("--batch-size", type=int, default=None, help="sequences per step (default: the preset's)")
     p.add_argument("--seq-len", type=int, default=None, help="tokens per sequence (default: the preset's)")
@@ -240,11 +243,13 @@ def run(args: argparse.Namespace) -> Dict[str, object]:
 
     corpus = demo_corpus.build_corpus(debs_dir=args.debs, text_dir=args.text_dir,
                                       heldout_permille=args.heldout_permille, seed=args.seed)
-    train_texts = corpus.train + corpus.train_chats
+    if args.chat_repeat < 1:
+        raise ValueError(f"--chat-repeat must be >= 1; got {args.chat_repeat}")
+    train_texts = corpus.train + corpus.train_chats * args.chat_repeat
     heldout_texts = corpus.heldout + corpus.heldout_chats
     if not heldout_texts:
         raise ValueError("no held-out documents: add text or raise --heldout-permille")
-    tok = train_tokenizer(train_texts, shape["vocab_size"])
+    tok = train_tokenizer(corpus.train + corpus.train_chats, shape["vocab_size"])
     vocab_size = tok.get_vocab_size()
     rng = random.Random(args.seed)
     rng.shuffle(train_texts)

@@ -1,7 +1,7 @@
 """python -m llmcore.server --model PATH [--host 127.0.0.1] [--port 8000] ...
 
-Flags are named as `vllm serve`'s. Without --model it serves the package's tiny-random model
-(random weights) so the server can be tried with nothing downloaded.
+Flags are named as `vllm serve`'s. Without --model it serves the package's demo model
+(llmcore/models/demo, served as 'demo'), so the server can be tried with nothing downloaded.
 """
 
 from __future__ import annotations
@@ -11,13 +11,13 @@ import os
 import sys
 from typing import Any, Dict, List, Optional, Tuple
 
-from ..generate import TINY_RANDOM_MODEL
+from ..models import DEMO_MODEL, default_model
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m llmcore.server", description="OpenAI-compatible server.")
     p.add_argument("model_tag", nargs="?", help="checkpoint directory (same as --model)")
-    p.add_argument("--model", help="HuggingFace checkpoint directory (default: the built-in tiny-random model)")
+    p.add_argument("--model", help="HuggingFace checkpoint directory (default: the built-in demo model)")
     p.add_argument("--tokenizer", default=None,
                    help="tokenizer directory, for checkpoints without one (default: the model's)")
     p.add_argument("--served-model-name", nargs="+", default=None,
@@ -32,8 +32,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", default="auto")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--gpu-memory-utilization", type=float, default=0.9)
-    p.add_argument("--load-format", choices=["auto", "dummy"], default=None,
-                   help="'dummy' draws random weights (default: auto; dummy for the built-in model)")
+    p.add_argument("--load-format", choices=["auto", "dummy"], default="auto",
+                   help="'dummy' draws random weights of the checkpoint's shapes")
     p.add_argument("--block-size", type=int, default=None, help="KV-cache block size in tokens (default: 16)")
     p.add_argument("--num-gpu-blocks-override", type=int, default=None,
                    help="number of KV-cache blocks (default: sized from free memory)")
@@ -80,12 +80,12 @@ def engine_args(args: argparse.Namespace) -> Tuple[str, Dict[str, Any]]:
         dtype=args.dtype, max_model_len=args.max_model_len,
         max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_num_batched_tokens,
         gpu_memory_utilization=args.gpu_memory_utilization, seed=args.seed,
-        load_format=args.load_format or ("auto" if model else "dummy"))
+        load_format=args.load_format or "auto")
     optional = dict(block_size=args.block_size, num_gpu_blocks_override=args.num_gpu_blocks_override,
                     enable_prefix_caching=args.enable_prefix_caching,
                     enable_chunked_prefill=args.enable_chunked_prefill)
     kwargs.update({k: v for k, v in optional.items() if v is not None})
-    return model or str(TINY_RANDOM_MODEL), kwargs
+    return model or str(default_model()), kwargs
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -104,7 +104,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     try:
-        app = create_app(llm, served_model_names=args.served_model_name or [args.model or args.model_tag or TINY_RANDOM_MODEL.name],
+        app = create_app(llm, served_model_names=args.served_model_name or [args.model or args.model_tag or DEMO_MODEL.name],
                          api_key=args.api_key, chat_template=chat_template, model_path=model,
                          max_num_queued_requests=args.max_num_queued_requests,
                          max_request_body_bytes=args.max_request_body_bytes, allowed_origins=args.allowed_origins,
