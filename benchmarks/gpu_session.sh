@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One lease on a GPU machine: build with CUDA, run the kernel tests and the GPU end-to-end
 # tests, then the benchmarks. Logs and JSON go to $OUT (the device tool fetches them).
-#   bash benchmarks/gpu_session.sh [stages...]   stages: build ctest pytest latency throughput serving profile peers
+#   bash benchmarks/gpu_session.sh [stages...]   stages: build ctest pytest latency throughput serving kernels profile peers
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/llmcore-out}; mkdir -p "$OUT"
@@ -48,6 +48,10 @@ if has serving; then
     --tokenizer python/llmcore/models/tiny-random --load-format dummy --max-concurrency 64 --compare-offline \
     --disable-tqdm > "$OUT/serving.log" 2>&1
   echo "serving rc=$?"; tail -3 "$OUT/serving.log"
+fi
+if has kernels; then
+  timeout 300 python3 benchmarks/kernels.py --binary $build/bench_kernels > "$OUT/kernels.log" 2>&1
+  echo "kernels rc=$?"; cat "$OUT/kernels.log" | tail -60
 fi
 if has profile; then
   timeout 400 python3 benchmarks/profile_step.py --model benchmarks/configs/llama-3-8b > "$OUT/profile.log" 2>&1

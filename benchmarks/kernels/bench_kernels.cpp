@@ -1,0 +1,216 @@
+// Kernel microbenchmarks on one GPU, through the CUDA backend's ops (what the model calls):
+//   copy          device-to-device copy of 1 GiB: the memory-bandwidth ceiling (read + written)
+//   decode_attn   paged attention, decode rows: batch B sequences of context C, one query each;
+//                 bytes = the K and V cache read once (+ q and out); GB/s and % of copy
+//   prefill_attn  paged attention, one causal prompt of T tokens; FLOPs = 2 T^2 D Hq (QK^T and
+//                 PV over the causal half); TFLOP/s
+//   linear        out [M, N] = x [M, K] @ W[N, K]^T through the batch-invariant cuBLASLt linear;
+//                 TFLOP/s (benchmarks/kernels.py times torch.matmul on the same shapes)
+// Inputs are random (never zeros), timing is CUDA events around `reps` launches after warm-up,
+// the median of `trials` such timings. Prints one JSON object to stdout.
+//
+//   bench_kernels [--heads 32] [--kv-heads 8] [--head-dim 128] [--block-size 16]
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <functional>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "backend/cuda/cuda_backend.h"
+#include "core/dtype.h"
+#include "kernels/common/cuda_check.h"
+
+using namespace llmcore;
+
+namespace {
+
+struct Args {
+  int heads = 32, kv_heads = 8, head_dim = 128, block_size = 16;
+};
+
+// Median over `trials` of the mean time (ms) of `reps` calls of fn, after `warmup` calls.
+double time_ms(CudaBackend& be, const std::function<void()>& fn, int reps = 20, int trials = 7, int warmup = 3) {
+  for (int i = 0; i < warmup; ++i) fn();
+  be.synchronize();
+  cudaEvent_t a, b;
+  LLMCORE_CUDA_CHECK(cudaEventCreate(&a));
+  LLMCORE_CUDA_CHECK(cudaEventCreate(&b));
+  std::vector<double> ms;
+  for (int t = 0; t < trials; ++t) {
+    LLMCORE_CUDA_CHECK(cudaEventRecord(a, be.stream()));
+    for (int i = 0; i < reps; ++i) fn();
+    LLMCORE_CUDA_CHECK(cudaEventRecord(b, be.stream()));
+    LLMCORE_CUDA_CHECK(cudaEventSynchronize(b));
+    float e = 0;
+    LLMCORE_CUDA_CHECK(cudaEventElapsedTime(&e, a, b));
+    ms.push_back(e / reps);
+  }
+  cudaEventDestroy(a);
+  cudaEventDestroy(b);
+  be.synchronize();
+  std::sort(ms.begin(), ms.end());
+  return ms[ms.size() / 2];
+}
+
+// A device tensor of random bf16 values in [-1, 1).
+Tensor random_bf16(CudaBackend& be, Shape shape, std::mt19937& rng) {
+  Tensor host = Tensor::empty(shape, DType::kBF16);
+  std::uniform_real_distribution<float> dist(-1.0f, 1.0f);
+  uint16_t* p = host.data_as<uint16_t>();
+  for (int64_t i = 0; i < host.numel(); ++i) p[i] = float_to_bf16(dist(rng));
+  Tensor dev = be.empty(shape, DType::kBF16);
+  be.copy(dev, host);
+  return dev;
+}
+
+Tensor device_i32(CudaBackend& be, const std::vector<int32_t>& v, Shape shape) {
+  Tensor host = Tensor::wrap(const_cast<int32_t*>(v.data()), shape, DType::kI32);
+  Tensor dev = be.empty(shape, DType::kI32);
+  be.copy(dev, host);
+  return dev;
+}
+
+// Attention over `lens` sequences whose last `query_lens` tokens are the queries; block tables
+// are a random permutation of the cache blocks. Returns the median ms.
+double time_attention(CudaBackend& be, const Args& a, const std::vector<int>& lens, const std::vector<int>& query_lens,
+                      std::mt19937& rng) {
+  const int S = static_cast<int>(lens.size());
+  int max_blocks = 0, total_blocks = 0, T = 0, max_len = 0, max_q = 0;
+  for (int s = 0; s < S; ++s) {
+    const int nb = (lens[s] + a.block_size - 1) / a.block_size;
+    max_blocks = std::max(max_blocks, nb);
+    total_blocks += nb;
+    T += query_lens[s];
+    max_len = std::max(max_len, lens[s]);
+    max_q = std::max(max_q, query_lens[s]);
+  }
+  std::vector<int32_t> perm(total_blocks);
+  for (int i = 0; i < total_blocks; ++i) perm[i] = i;
+  std::shuffle(perm.begin(), perm.end(), rng);
+  std::vector<int32_t> tables(static_cast<size_t>(S) * max_blocks, -1), qsl = {0}, seq_lens;
+  int next = 0;
+  for (int s = 0; s < S; ++s) {
+    const int nb = (lens[s] + a.block_size - 1) / a.block_size;
+    for (int b = 0; b < nb; ++b) tables[static_cast<size_t>(s) * max_blocks + b] = perm[next++];
+    qsl.push_back(qsl.back() + query_lens[s]);
+    seq_lens.push_back(lens[s]);
+  }
+  AttnShape shape{a.heads, a.kv_heads, a.head_dim};
+  Tensor k = random_bf16(be, {total_blocks, a.kv_heads, a.block_size, a.head_dim}, rng);
+  Tensor v = random_bf16(be, {total_blocks, a.kv_heads, a.block_size, a.head_dim}, rng);
+  Tensor qkv = random_bf16(be, {T, shape.qkv_width()}, rng);
+  Tensor out = be.empty({T, static_cast<int64_t>(a.heads) * a.head_dim}, DType::kBF16);
+  AttentionMetadata meta;
+  meta.num_seqs = S;
+  meta.max_query_len = max_q;
+  meta.max_seq_len = max_len;
+  meta.query_start_loc = device_i32(be, qsl, {S + 1});
+  meta.seq_lens = device_i32(be, seq_lens, {S});
+  meta.block_tables = device_i32(be, tables, {S, max_blocks});
+  const float scale = 1.0f / std::sqrt(static_cast<float>(a.head_dim));
+  return time_ms(be, [&] { be.paged_attention(out, qkv, k, v, meta, shape, scale, 0); });
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  Args a;
+  for (int i = 1; i + 1 < argc; i += 2) {
+    const std::string f = argv[i];
+    const int v = std::atoi(argv[i + 1]);
+    if (f == "--heads") a.heads = v;
+    else if (f == "--kv-heads") a.kv_heads = v;
+    else if (f == "--head-dim") a.head_dim = v;
+    else if (f == "--block-size") a.block_size = v;
+    else {
+      std::fprintf(stderr, "unknown flag %s\n", f.c_str());
+      return 2;
+    }
+  }
+  if (cuda::device_count() == 0) {
+    std::fprintf(stderr, "no CUDA device\n");
+    return 1;
+  }
+  CudaBackend be(0, DType::kBF16);
+  std::mt19937 rng(0);
+  std::printf("{\"gpu\": \"%s\", \"heads\": %d, \"kv_heads\": %d, \"head_dim\": %d, \"block_size\": %d", cuda::gpu_name(0).c_str(),
+              a.heads, a.kv_heads, a.head_dim, a.block_size);
+
+  // Copy ceiling: 1 GiB read + 1 GiB written.
+  const int64_t copy_bytes = int64_t{1} << 30;
+  Tensor src = random_bf16(be, {copy_bytes / 2}, rng);
+  Tensor dst = be.empty({copy_bytes / 2}, DType::kBF16);
+  const double copy_ms = time_ms(be, [&] {
+    LLMCORE_CUDA_CHECK(cudaMemcpyAsync(dst.data(), src.data(), copy_bytes, cudaMemcpyDeviceToDevice, be.stream()));
+  }, 5, 7, 2);
+  const double copy_gbs = 2.0 * copy_bytes / (copy_ms * 1e-3) / 1e9;
+  std::printf(", \"copy\": {\"bytes\": %lld, \"ms\": %.4f, \"GB/s\": %.1f}", static_cast<long long>(copy_bytes), copy_ms, copy_gbs);
+  src = Tensor();
+  dst = Tensor();
+
+  // Decode attention: batch 64 (and 1, 256), contexts 256 .. 8192.
+  std::printf(", \"decode_attention\": [");
+  bool first = true;
+  for (int batch : {1, 64, 256}) {
+    for (int ctx : {256, 1024, 4096, 8192}) {
+      if (static_cast<int64_t>(batch) * ctx > int64_t{256} * 4096) continue;
+      std::vector<int> lens(batch, ctx), q(batch, 1);
+      const double ms = time_attention(be, a, lens, q, rng);
+      const double kv_bytes = 2.0 * batch * ctx * a.kv_heads * a.head_dim * 2;
+      const double qo_bytes = 2.0 * batch * a.heads * a.head_dim * 2 + batch * 2.0 * a.kv_heads * a.head_dim * 2;
+      const double gbs = (kv_bytes + qo_bytes) / (ms * 1e-3) / 1e9;
+      std::printf("%s{\"batch\": %d, \"context\": %d, \"ms\": %.4f, \"GB/s\": %.1f, \"pct_of_copy\": %.1f}", first ? "" : ", ",
+                  batch, ctx, ms, gbs, 100.0 * gbs / copy_gbs);
+      first = false;
+      std::fflush(stdout);
+    }
+  }
+  std::printf("]");
+
+  // Prefill attention: one causal prompt.
+  std::printf(", \"prefill_attention\": [");
+  first = true;
+  for (int t : {512, 1024, 2048, 4096, 8192}) {
+    const double ms = time_attention(be, a, {t}, {t}, rng);
+    const double flops = 2.0 * t * static_cast<double>(t) * a.head_dim * a.heads;  // causal half of 4 T^2 D Hq
+    std::printf("%s{\"tokens\": %d, \"ms\": %.4f, \"TFLOP/s\": %.1f}", first ? "" : ", ", t, ms, flops / (ms * 1e-3) / 1e12);
+    first = false;
+    std::fflush(stdout);
+  }
+  std::printf("]");
+
+  // Linear layers of Llama-3-8B (fused qkv, o, fused gate_up, down, lm_head).
+  struct Shape2 {
+    const char* name;
+    int64_t n, k;
+  };
+  const Shape2 shapes[] = {{"qkv", 6144, 4096}, {"o", 4096, 4096}, {"gate_up", 28672, 4096},
+                           {"down", 4096, 14336}, {"lm_head", 128256, 4096}};
+  std::printf(", \"linear\": [");
+  first = true;
+  for (const Shape2& s : shapes) {
+    Tensor w = random_bf16(be, {s.n, s.k}, rng);
+    for (int64_t m : {1, 16, 64, 256, 1024, 2048, 4096, 8192}) {
+      if (std::string(s.name) == "lm_head" && m > 256) continue;  // logits of sampled rows only
+      Tensor x = random_bf16(be, {m, s.k}, rng);
+      const DType out_dtype = std::string(s.name) == "lm_head" ? DType::kF32 : DType::kBF16;
+      Tensor out = be.empty({m, s.n}, out_dtype);
+      const double ms = time_ms(be, [&] { be.linear(out, x, w, nullptr); });
+      const double flops = 2.0 * m * s.n * s.k;
+      const double bytes = 2.0 * (s.n * s.k + m * s.k) + static_cast<double>(dtype_size(out_dtype)) * m * s.n;
+      std::printf("%s{\"name\": \"%s\", \"m\": %lld, \"n\": %lld, \"k\": %lld, \"ms\": %.4f, \"TFLOP/s\": %.1f, \"GB/s\": %.1f}",
+                  first ? "" : ", ", s.name, static_cast<long long>(m), static_cast<long long>(s.n),
+                  static_cast<long long>(s.k), ms, flops / (ms * 1e-3) / 1e12, bytes / (ms * 1e-3) / 1e9);
+      first = false;
+      std::fflush(stdout);
+    }
+  }
+  std::printf("]}\n");
+  return 0;
+}
