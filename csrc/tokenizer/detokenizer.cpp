@@ -24,8 +24,12 @@ IncrementalDetokenizer::IncrementalDetokenizer(const Tokenizer& tokenizer,
       skip_special_tokens_(skip_special_tokens),
       stop_(std::move(stop)),
       include_stop_str_in_output_(include_stop_str_in_output) {
-  const size_t context = std::min(prompt_ids.size(), kPromptContextTokens);
-  ids_.assign(prompt_ids.end() - context, prompt_ids.end());
+  // The last few prompt ids that have text: a model's vocabulary may be larger than its
+  // tokenizer's (padded embeddings), and prompts given as ids may use those rows.
+  for (auto it = prompt_ids.rbegin(); it != prompt_ids.rend() && ids_.size() < kPromptContextTokens; ++it) {
+    if (*it >= 0 && *it < tokenizer_.vocab_size()) ids_.push_back(*it);
+  }
+  std::reverse(ids_.begin(), ids_.end());
   prefix_offset_ = 0;
   read_offset_ = ids_.size();
 

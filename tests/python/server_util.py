@@ -1,5 +1,5 @@
-"""Running a server app in-process for the server tests: uvicorn on a free loopback port in a
-background thread."""
+"""What the server tests share: running an app in-process (uvicorn on a free loopback port in a
+background thread), waiting for the engine to go idle, and checking OpenAI-shaped errors."""
 
 from __future__ import annotations
 
@@ -33,3 +33,23 @@ def serve(app, timeout: float = 20.0):
     finally:
         server.should_exit = True
         thread.join(timeout=10)
+
+
+def wait_idle(llm, timeout: float = 20.0) -> dict:
+    """Engine stats once nothing runs or waits and every KV block is free again."""
+    deadline = time.monotonic() + timeout
+    while True:
+        s = llm.llm_engine.get_stats()
+        if s["num_running"] == 0 and s["num_waiting"] == 0 and s["num_free_blocks"] == s["num_total_blocks"]:
+            return s
+        assert time.monotonic() < deadline, f"engine not idle: {s}"
+        time.sleep(0.02)
+
+
+def assert_openai_error(resp, status: int) -> dict:
+    """The error object of an OpenAI-shaped error response with this status."""
+    assert resp.status_code == status, resp.text
+    err = resp.json()["error"]
+    assert set(err) == {"message", "type", "param", "code"}
+    assert isinstance(err["message"], str) and err["message"]
+    return err

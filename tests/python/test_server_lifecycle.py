@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -27,7 +28,7 @@ from conftest import DEFAULT_LLM_KWARGS
 
 httpx = pytest.importorskip("httpx")
 uvicorn = pytest.importorskip("uvicorn")
-from server_util import free_port, serve  # noqa: E402  (needs uvicorn)
+from server_util import free_port, serve, assert_openai_error  # noqa: E402  (needs uvicorn)
 
 MAX_MODEL_LEN = 512
 # max_tokens of a long request (EOS ignored): 0.3-0.8 s for one sequence alone on the CPU, ~2 s
@@ -160,12 +161,6 @@ class Poster(threading.Thread):
             self.error = e
 
 
-def _assert_openai_error(resp, status: int) -> dict:
-    assert resp.status_code == status, resp.text
-    err = resp.json()["error"]
-    assert set(err) == {"message", "type", "param", "code"}
-    assert isinstance(err["message"], str) and err["message"]
-    return err
 
 
 def _content_chunks(events: list) -> list:
@@ -197,7 +192,7 @@ def test_signal_drains_in_flight_requests_then_exits_0(server_process, sig):
         assert time.monotonic() < deadline, "the server never started draining"
         time.sleep(0.01)
     refused_at = time.monotonic()
-    err = _assert_openai_error(refused, 503)
+    err = assert_openai_error(refused, 503)
     assert err["code"] == "shutting_down"
     assert int(refused.headers["retry-after"]) >= 1
     assert httpx.get(sp.url + "/health", timeout=10).status_code == 503
@@ -220,7 +215,9 @@ def test_signal_drains_in_flight_requests_then_exits_0(server_process, sig):
     assert body["usage"]["completion_tokens"] == 8 * LONG
 
     assert sp.wait_exit(30) == 0
-    assert "draining 2 request(s)" in sp.text()
+    # The two calls were in flight when the signal came (a polling request may have been too).
+    drained = re.search(r"draining (\d+) request\(s\)", sp.text())
+    assert drained and int(drained.group(1)) >= 2, sp.text()
 
 
 def test_drain_deadline_aborts_what_remains(server_process):
@@ -308,7 +305,7 @@ def test_engine_death_fails_in_flight_requests_and_exits_nonzero(server_process)
     assert "fault injected at step 300" in last["error"]["message"]
     assert len(events) > 3  # some text came before the failure
     # The non-streamed call gets an OpenAI error object with 503 (before or at the death).
-    err = _assert_openai_error(plain.response, 503)
+    err = assert_openai_error(plain.response, 503)
     assert err["type"] == "server_error"
     assert "engine has stopped" in sp.text()
 
@@ -325,13 +322,13 @@ def test_engine_death_turns_health_and_new_requests_503(llmcore, checkpoint, mon
         with serve(app) as url:
             assert httpx.get(url + "/health", timeout=10).status_code == 200
             r = httpx.post(url + "/v1/completions", json={"prompt": "The cat", "max_tokens": 50}, timeout=30)
-            err = _assert_openai_error(r, 503)
+            err = assert_openai_error(r, 503)
             assert "fault injected at step 5" in err["message"]
             assert not llm.llm_engine.is_healthy()
             assert httpx.get(url + "/health", timeout=10).status_code == 503
             again = httpx.post(url + "/v1/chat/completions", timeout=30,
                                json={"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 5})
-            _assert_openai_error(again, 503)
+            assert_openai_error(again, 503)
     finally:
         llm.shutdown()
 

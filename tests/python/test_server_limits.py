@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 
 import pytest
 
@@ -18,7 +17,7 @@ from conftest import DEFAULT_LLM_KWARGS
 
 httpx = pytest.importorskip("httpx")
 uvicorn = pytest.importorskip("uvicorn")
-from server_util import serve  # noqa: E402  (needs uvicorn)
+from server_util import serve, wait_idle, assert_openai_error  # noqa: E402  (needs uvicorn)
 prom_parser = pytest.importorskip("prometheus_client.parser")
 
 MODEL = "tiny"
@@ -37,23 +36,8 @@ def shared_llm(llmcore, checkpoint):
     llm.shutdown()
 
 
-def _wait_idle(llm, timeout=20.0) -> dict:
-    """Engine stats once nothing runs or waits and every KV block is free again."""
-    deadline = time.monotonic() + timeout
-    while True:
-        s = llm.llm_engine.get_stats()
-        if s["num_running"] == 0 and s["num_waiting"] == 0 and s["num_free_blocks"] == s["num_total_blocks"]:
-            return s
-        assert time.monotonic() < deadline, f"engine not idle: {s}"
-        time.sleep(0.02)
 
 
-def _assert_openai_error(resp, status: int) -> dict:
-    assert resp.status_code == status, resp.text
-    err = resp.json()["error"]
-    assert set(err) == {"message", "type", "param", "code"}
-    assert isinstance(err["message"], str) and err["message"]
-    return err
 
 
 # -- 1. queue limit ------------------------------------------------------------------------------
@@ -106,7 +90,7 @@ def test_burst_over_queue_limit_gets_503_with_retry_after(shared_llm):
             assert err["code"] == "queue_full" and str(limit) in err["message"]
 
         assert httpx.get(url + "/health", timeout=10).status_code == 200
-        _wait_idle(shared_llm)
+        wait_idle(shared_llm)
         assert serving.num_in_flight == 0
         # The freed slots are usable again.
         again = httpx.post(url + "/v1/completions", timeout=30,
@@ -121,7 +105,7 @@ def test_call_with_more_prompts_than_free_slots_is_refused_whole(shared_llm):
     with serve(app) as url:
         r = httpx.post(url + "/v1/completions", timeout=30,
                        json={"model": MODEL, "prompt": ["a", "b", "c"], "max_tokens": 2})
-        _assert_openai_error(r, 503)
+        assert_openai_error(r, 503)
         assert r.headers["retry-after"] == "1"
         r = httpx.post(url + "/v1/completions", timeout=30,
                        json={"model": MODEL, "prompt": ["a", "b"], "max_tokens": 2})
@@ -139,7 +123,7 @@ def test_oversized_body_gets_413(shared_llm):
         big = json.dumps({"model": MODEL, "prompt": "x" * (2 * limit), "max_tokens": 1}).encode()
         r = httpx.post(url + "/v1/completions", content=big, timeout=30,
                        headers={"content-type": "application/json"})
-        err = _assert_openai_error(r, 413)
+        err = assert_openai_error(r, 413)
         assert str(limit) in err["message"]
 
         # Chunked transfer (no Content-Length) is counted as it arrives.
@@ -149,7 +133,7 @@ def test_oversized_body_gets_413(shared_llm):
 
         r = httpx.post(url + "/v1/completions", content=chunks(), timeout=30,
                        headers={"content-type": "application/json"})
-        _assert_openai_error(r, 413)
+        assert_openai_error(r, 413)
 
         # A body just under the limit passes through the middleware intact.
         small = {"model": MODEL, "prompt": "y " * 20, "max_tokens": 1}
@@ -206,7 +190,7 @@ def test_metrics_match_engine_stats_and_requests(llmcore, checkpoint):
             completion_tokens += two["usage"]["completion_tokens"]
             num_requests = len(requests) + 1
 
-            stats = _wait_idle(llm)
+            stats = wait_idle(llm)
             m, types = _scrape(url)
 
         assert types["llmcore:num_requests_running"] == "gauge"
@@ -260,7 +244,7 @@ def test_kv_usage_gauge_rises_while_busy_and_returns_to_zero(shared_llm):
         # One running request holds ceil(tokens / block_size) >= 1 block of the pool.
         assert 0.0 < seen_busy <= 1.0
         assert running == 1
-        _wait_idle(shared_llm)
+        wait_idle(shared_llm)
         m, _ = _scrape(url)
         assert m[("llmcore:kv_cache_usage_perc", frozenset())] == 0.0
         assert stats["num_total_blocks"] == 256
@@ -288,7 +272,7 @@ def test_metrics_open_without_api_key(shared_llm):
     app = create_app(shared_llm, served_model_names=[MODEL], api_key="secret")
     with serve(app) as url:
         assert httpx.get(url + "/metrics", timeout=10).status_code == 200
-        _assert_openai_error(httpx.get(url + "/v1/models", timeout=10), 401)
+        assert_openai_error(httpx.get(url + "/v1/models", timeout=10), 401)
 
 
 # -- 4. CORS -------------------------------------------------------------------------------------

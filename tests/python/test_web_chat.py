@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import time
 
 import pytest
 
@@ -27,7 +26,7 @@ from conftest import DEFAULT_LLM_KWARGS
 
 httpx = pytest.importorskip("httpx")
 uvicorn = pytest.importorskip("uvicorn")
-from server_util import serve  # noqa: E402  (needs uvicorn)
+from server_util import serve, wait_idle  # noqa: E402  (needs uvicorn)
 
 try:
     from playwright import sync_api
@@ -141,14 +140,6 @@ def _direct(base_url: str, messages, max_tokens: int) -> dict:
     return r.json()["choices"][0]
 
 
-def _wait_idle(llm, timeout: float = 20.0) -> dict:
-    deadline = time.monotonic() + timeout
-    while True:
-        s = llm.llm_engine.get_stats()
-        if s["num_running"] == 0 and s["num_waiting"] == 0 and s["num_free_blocks"] == s["num_total_blocks"]:
-            return s
-        assert time.monotonic() < deadline, f"engine not idle: {s}"
-        time.sleep(0.02)
 
 
 # -- serving the page ----------------------------------------------------------------------------
@@ -213,7 +204,7 @@ def test_greedy_reply_matches_the_api_and_history_is_sent(page, url):
 def test_stop_aborts_the_request_in_the_engine(page, url, llm):
     max_tokens = MAX_MODEL_LEN - 64
     _open(page, url, max_tokens=str(max_tokens))
-    before = _wait_idle(llm)
+    before = wait_idle(llm)
     _send(page, "Go on and on")
     reply = page.locator("#log .msg.assistant").nth(0)
     # Streamed: text shows while the reply is still running.
@@ -227,7 +218,7 @@ def test_stop_aborts_the_request_in_the_engine(page, url, llm):
     expect(reply.locator(".note")).to_have_text("Stopped.")
     expect(page.locator("#stop")).to_be_disabled()
 
-    after = _wait_idle(llm, timeout=10.0)
+    after = wait_idle(llm, timeout=10.0)
     generated = after["num_generation_tokens"] - before["num_generation_tokens"]
     assert 0 < generated < max_tokens, generated
     assert after["num_requests_finished"] == before["num_requests_finished"] + 1

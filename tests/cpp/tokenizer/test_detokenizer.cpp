@@ -404,3 +404,24 @@ TEST_F(DetokenizerTest, EmptyStopStringIsAValueError) {
 
 }  // namespace
 }  // namespace llmcore
+
+namespace llmcore {
+namespace {
+
+// A prompt given as ids may use a model's padded embedding rows, past the tokenizer's
+// vocabulary: those ids have no text and must not break decoding of the output.
+TEST_F(DetokenizerTest, PromptIdsPastTheVocabularyAreSkipped) {
+  const int32_t vocab = static_cast<int32_t>(tok_->vocab_size());
+  const Ids real = tok_->encode("The prompt:", true);
+  Ids padded = real;
+  padded.push_back(vocab);
+  padded.push_back(vocab + 7);
+  const Ids output = tok_->encode(" and the rest", false);
+  const Stream with_padding = stream(*tok_, padded, output, /*skip=*/true);
+  const Stream without = stream(*tok_, real, output, /*skip=*/true);
+  EXPECT_EQ(with_padding.shown, without.shown);
+  EXPECT_EQ(with_padding.output_text, without.output_text);
+}
+
+}  // namespace
+}  // namespace llmcore
