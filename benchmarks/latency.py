@@ -125,6 +125,8 @@ def main(argv=None) -> int:
     t0 = time.perf_counter()
     llm, engine_kwargs = common.make_llm(args, model_dir, device)
     startup_s = time.perf_counter() - t0
+    llm_startup = llm.llm_engine.native.startup_times
+    print(f"Startup {startup_s:.1f} s: " + ", ".join(f"{k[:-2]} {v:.1f} s" for k, v in llm_startup.items()), flush=True)
     runner = Runner(llm, llmcore, args.input_len, int(config["vocab_size"]), args.seed)
 
     results = []
@@ -144,6 +146,7 @@ def main(argv=None) -> int:
         "engine_kwargs": engine_kwargs,
         "sampling": {"temperature": 0.0, "ignore_eos": True, "detokenize": False},
         "startup_s": startup_s,
+        "startup_phases_s": dict(llm_startup),
         "results": results,
         "engine_stats_end": stats,
     })

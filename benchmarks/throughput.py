@@ -108,6 +108,7 @@ def main(argv=None) -> int:
     result = {
         "elapsed_s": elapsed,
         "startup_s": startup_s,
+        "startup_phases_s": dict(llm.llm_engine.native.startup_times),
         "warmup_s": warmup_s,
         "num_requests": len(outputs),
         "num_completions": len(completions),

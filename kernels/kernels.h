@@ -82,6 +82,12 @@ void write_kv_cache(const Tensor& qkv, Tensor& k_cache, Tensor& v_cache, const T
 void copy_kv_blocks(const std::vector<Tensor*>& layers,
                     const std::vector<std::pair<int, int>>& src_dst, cudaStream_t stream);
 
+// --- common/fill_dummy.cu ------------------------------------------------------------------------
+
+// out (f32, bf16 or fp16, any shape) = dummy_value(stream, i, bound) per element i
+// (core/dummy_values.h), rounded to out's dtype: load_format="dummy" weights.
+void fill_dummy(Tensor& out, uint64_t stream, float bound, cudaStream_t cuda_stream);
+
 // --- sampling/sampler.cu --------------------------------------------------------------------------
 
 // Samples or scores rows[0, num_rows) (device array) of vocab_size logits each, writing

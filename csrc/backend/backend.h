@@ -118,6 +118,10 @@ class Backend {
   virtual void gather_rows(Tensor& out, const Tensor& x, const Tensor& indices) = 0;
   // For each (src, dst) block pair, copies block src to block dst in every layer's k and v.
   virtual void copy_kv_blocks(KVCache& cache, const std::vector<std::pair<int, int>>& src_dst) = 0;
+  // out (any shape, in the activation dtype; may be a view into a larger weight) =
+  // dummy_value(stream, i, bound) for its elements i in order (core/dummy_values.h), rounded to
+  // out's dtype: load_format="dummy" weights drawn where they live.
+  virtual void fill_dummy(Tensor& out, uint64_t stream, float bound) = 0;
 };
 
 // The CPU reference backend. `num_threads` 0 means all cores.

@@ -247,6 +247,14 @@ Invalid values raise ValueError naming the field.)doc")
       .def("shutdown", &LLMEngine::shutdown, py::call_guard<py::gil_scoped_release>())
       .def_property_readonly("max_model_len", &LLMEngine::max_model_len)
       .def_property_readonly("decode_graph_sizes", &LLMEngine::decode_graph_sizes)
+      .def_property_readonly("startup_times", [](const LLMEngine& e) {
+        const StartupTimes& t = e.startup_times();
+        py::dict d;
+        d["load_weights_s"] = t.load_weights_s;
+        d["profile_s"] = t.profile_s;
+        d["capture_graphs_s"] = t.capture_graphs_s;
+        return d;
+      })
       .def_property_readonly("vocab_size", [](const LLMEngine& e) { return e.model_config().vocab_size; })
       .def_property_readonly("eos_token_ids", &LLMEngine::eos_token_ids)
       .def_property_readonly("architecture", [](const LLMEngine& e) { return e.model_config().architecture; })

@@ -156,13 +156,17 @@ LLMEngine::LLMEngine(const EngineConfig& config) : config_(config), seed_rng_(co
   ec.seed = config.seed;
   ec.block_size = config.block_size;
   ec.num_threads = config.num_threads;
+  const double t_load = now_s();
   executor_ = std::make_unique<Executor>(ec, model_config_);
+  startup_times_.load_weights_s = now_s() - t_load;
 
   const int blocks_per_seq = (max_model_len_ + config.block_size - 1) / config.block_size;
   int num_blocks = config.num_gpu_blocks_override;
   if (num_blocks <= 0 && config.device != "cpu") {
+    const double t_profile = now_s();
     num_blocks = executor_->profile_num_kv_blocks(config.gpu_memory_utilization, max_batched,
                                                   config.max_num_seqs, max_model_len_);
+    startup_times_.profile_s = now_s() - t_profile;
   } else if (num_blocks <= 0) {
     const size_t block_bytes = Executor::kv_block_bytes(model_config_, config.block_size, executor_->kv_dtype());
     const double budget = config.cpu_kv_cache_space_gib * (1ull << 30);
@@ -176,7 +180,9 @@ LLMEngine::LLMEngine(const EngineConfig& config) : config_(config), seed_rng_(co
                     ") sequence; raise the cache size or lower max_model_len");
   executor_->allocate_kv_cache(num_blocks);
   if (config.device != "cpu" && !config.enforce_eager) {
+    const double t_graphs = now_s();
     executor_->capture_decode_graphs(std::min(config.max_num_seqs, kMaxDecodeGraphBatch), max_model_len_);
+    startup_times_.capture_graphs_s = now_s() - t_graphs;
   }
   block_manager_ = std::make_unique<BlockManager>(num_blocks, config.block_size, config.enable_prefix_caching);
 

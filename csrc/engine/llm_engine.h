@@ -105,6 +105,13 @@ struct EngineStats {
   double time_output_s = 0;
 };
 
+// Seconds the engine's constructor spent in its phases (cold start).
+struct StartupTimes {
+  double load_weights_s = 0;    // backend, weights read or drawn, uploaded
+  double profile_s = 0;         // GPU: the profiling forward pass (and the GEMM plans it chooses)
+  double capture_graphs_s = 0;  // GPU: decode CUDA graphs
+};
+
 class LLMEngine {
  public:
   explicit LLMEngine(const EngineConfig& config);
@@ -138,6 +145,7 @@ class LLMEngine {
   int max_model_len() const { return max_model_len_; }
   // Decode batch sizes replayed from CUDA graphs (empty on the CPU or with enforce_eager).
   std::vector<int> decode_graph_sizes() const;
+  const StartupTimes& startup_times() const { return startup_times_; }
   const std::vector<int32_t>& eos_token_ids() const { return eos_token_ids_; }
 
  private:
@@ -174,6 +182,7 @@ class LLMEngine {
   int64_t next_seq_id_ = 0;
   std::mt19937_64 seed_rng_;
   EngineStats counters_;
+  StartupTimes startup_times_;
 
   // Shared with callers.
   mutable std::mutex in_mu_;

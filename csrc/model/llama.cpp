@@ -6,6 +6,7 @@
 #include <map>
 #include <random>
 
+#include "core/dummy_values.h"
 #include "core/error.h"
 #include "model/rope.h"
 #include "model/safetensors.h"
@@ -118,28 +119,28 @@ std::vector<WeightSpec> llama_weight_specs(const ModelConfig& c) {
   return specs;
 }
 
+namespace {
+
+// Dummy weights: norm weights 1, everything else uniform with std 0.02 (bound 0.02 sqrt 3),
+// drawn on the backend (backend.h fill_dummy) from a stream per tensor name, so a weight's values
+// depend only on (seed, name) and both backends draw the same numbers.
+bool is_norm_weight(const std::string& name) { return ends_with(name, "norm.weight"); }
+uint64_t dummy_stream(uint64_t seed, const std::string& name) { return mix64(seed ^ mix64(fnv1a(name))); }
+constexpr float kDummyBound = 0.034641f;  // just under 0.02 * sqrt(3), as a float
+
+}  // namespace
+
 Tensor dummy_weight(const std::string& name, const Shape& shape, uint64_t seed) {
   Tensor t = Tensor::empty(shape, DType::kF32);
   float* data = t.data_as<float>();
   const int64_t n = t.numel();
-  if (ends_with(name, "norm.weight")) {
-    for (int64_t i = 0; i < n; ++i) data[i] = 1.0f;
+  if (is_norm_weight(name)) {
+    std::fill(data, data + n, 1.0f);
     return t;
   }
-  // Uniform on [-a, a] has std a / sqrt(3).
-  const double a = 0.02 * std::sqrt(3.0);
-  const uint64_t stream = mix64(seed ^ mix64(fnv1a(name)));
-  constexpr int64_t kChunk = 1 << 16;
-  const int64_t num_chunks = (n + kChunk - 1) / kChunk;
+  const uint64_t stream = dummy_stream(seed, name);
 #pragma omp parallel for schedule(static)
-  for (int64_t chunk = 0; chunk < num_chunks; ++chunk) {
-    std::mt19937_64 gen(mix64(stream + static_cast<uint64_t>(chunk)));
-    const int64_t end = std::min(n, (chunk + 1) * kChunk);
-    for (int64_t i = chunk * kChunk; i < end; ++i) {
-      const double u = static_cast<double>(gen() >> 11) * 0x1.0p-53;  // [0, 1)
-      data[i] = static_cast<float>((2.0 * u - 1.0) * a);
-    }
-  }
+  for (int64_t i = 0; i < n; ++i) data[i] = dummy_value(stream, static_cast<uint64_t>(i), kDummyBound);
   return t;
 }
 
@@ -155,8 +156,38 @@ LlamaModel::LlamaModel(const ModelConfig& config, const std::string& dir, Backen
   attn_shape_.num_kv_heads = static_cast<int>(config.num_key_value_heads);
   attn_shape_.head_dim = static_cast<int>(config.head_dim);
 
+  std::map<std::string, Shape> shapes;
+  for (const WeightSpec& spec : llama_weight_specs(config_)) shapes[spec.name] = spec.shape;
+  auto shape_of = [&](const std::string& name) {
+    auto it = shapes.find(name);
+    LLMCORE_CHECK(it != shapes.end(), "no spec for ", name);
+    return it->second;
+  };
   if (load_format == LoadFormat::kDummy) {
-    load([seed](const WeightSpec& spec) { return dummy_weight(spec.name, spec.shape, seed); });
+    // Drawn where the weights live: nothing of the model's size is built on the host.
+    load([&](const std::vector<std::string>& names) {
+      Shape shape = shape_of(names[0]);
+      int64_t rows = 0;
+      for (const std::string& n : names) rows += shape_of(n)[0];
+      shape[0] = rows;
+      if (names.size() == 1 && is_norm_weight(names[0])) {
+        Tensor ones = Tensor::empty(shape, DType::kF32);
+        std::fill(ones.data_as<float>(), ones.data_as<float>() + ones.numel(), 1.0f);
+        return backend_.load_weight(ones);
+      }
+      Tensor out = backend_.empty(shape, backend_.activation_dtype());
+      const int64_t row_elems = rows > 0 ? out.numel() / rows : 0;
+      const size_t elem = dtype_size(out.dtype());
+      int64_t row = 0;
+      for (const std::string& n : names) {
+        Shape part = shape_of(n);
+        Tensor view = Tensor::wrap(static_cast<char*>(out.data()) + row * row_elems * elem, part, out.dtype(),
+                                   out.device());
+        backend_.fill_dummy(view, dummy_stream(seed, n), kDummyBound);
+        row += part[0];
+      }
+      return out;
+    });
   } else {
     const WeightStore store = WeightStore::open(dir);
     // Check everything before uploading anything: a bad checkpoint fails fast and names the
@@ -171,7 +202,12 @@ LlamaModel::LlamaModel(const ModelConfig& config, const std::string& dir, Backen
                         "' has dtype ", dtype_name(t.dtype()),
                         ", expected float32, float16 or bfloat16");
     }
-    load([&store](const WeightSpec& spec) { return store.get(spec.name); });
+    load([&](const std::vector<std::string>& names) {
+      if (names.size() == 1) return backend_.load_weight(store.get(names[0]));
+      std::vector<Tensor> parts;
+      for (const std::string& n : names) parts.push_back(store.get(n));
+      return backend_.load_weight(concat_rows(parts));
+    });
   }
 
   // Positions index the table directly, so it covers every position the model was built for.
@@ -180,21 +216,10 @@ LlamaModel::LlamaModel(const ModelConfig& config, const std::string& dir, Backen
   backend_.copy(cos_sin_, host_cos_sin);
 }
 
-void LlamaModel::load(const std::function<Tensor(const WeightSpec&)>& fetch) {
-  // Shapes come from the specs, so `fetch` results are already checked against them.
-  std::map<std::string, Shape> shapes;
-  for (const WeightSpec& spec : llama_weight_specs(config_)) shapes[spec.name] = spec.shape;
-  auto host = [&](const std::string& name) {
-    auto it = shapes.find(name);
-    LLMCORE_CHECK(it != shapes.end(), "no spec for ", name);
-    return fetch(WeightSpec{name, it->second});
-  };
-  auto upload = [&](const std::string& name) { return backend_.load_weight(host(name)); };
-  auto upload_fused = [&](const std::vector<std::string>& names) {
-    std::vector<Tensor> parts;
-    for (const std::string& n : names) parts.push_back(host(n));
-    return backend_.load_weight(concat_rows(parts));
-  };
+void LlamaModel::load(const std::function<Tensor(const std::vector<std::string>&)>& upload_rows) {
+  // upload_rows(names): the named weights stacked along rows, on the backend (shapes were checked).
+  auto upload = [&](const std::string& name) { return upload_rows({name}); };
+  auto upload_fused = [&](const std::vector<std::string>& names) { return upload_rows(names); };
 
   embed_tokens_ = upload("model.embed_tokens.weight");
   layers_.resize(static_cast<size_t>(config_.num_hidden_layers));

@@ -22,14 +22,16 @@ std::vector<WeightSpec> llama_weight_specs(const ModelConfig& c);
 
 // The float32 value LoadFormat::kDummy gives checkpoint tensor `name`: all ones for RMSNorm
 // weights (names ending in "norm.weight"), otherwise uniform in [-0.02*sqrt(3), 0.02*sqrt(3)]
-// (std 0.02). Drawn from mt19937_64 streams seeded by (seed, name, chunk), so a tensor's values
-// depend on nothing else (not the load order, not the thread count).
+// (std 0.02): element i is dummy_value(stream(seed, name), i) (core/dummy_values.h), so a
+// tensor's values depend on nothing else (not the load order, not the thread count, not the
+// backend). The model draws them on its backend (Backend::fill_dummy); this is the host copy.
 Tensor dummy_weight(const std::string& name, const Shape& shape, uint64_t seed);
 
 class LlamaModel : public Model {
  public:
   // kAuto reads `dir`'s safetensors (checking every tensor's presence and shape before any
-  // upload); kDummy reads nothing and uses dummy_weight(name, shape, seed).
+  // upload); kDummy reads nothing and draws dummy_weight(name, shape, seed)'s values on the
+  // backend.
   LlamaModel(const ModelConfig& config, const std::string& dir, Backend& backend,
              LoadFormat load_format, uint64_t seed);
 
@@ -51,8 +53,8 @@ class LlamaModel : public Model {
     Tensor down_bias;                 // [Hd]
   };
 
-  // `fetch` returns the host tensor (any float dtype) of a spec'd checkpoint tensor.
-  void load(const std::function<Tensor(const WeightSpec&)>& fetch);
+  // Builds the layers from upload_rows(names): the named weights stacked along rows, on the backend.
+  void load(const std::function<Tensor(const std::vector<std::string>&)>& upload_rows);
 
   ModelConfig config_;
   Backend& backend_;

@@ -7,6 +7,7 @@
 
 #include "backend/backend.h"
 #include "backend/cpu/cpu_ops.h"
+#include "core/dummy_values.h"
 
 namespace llmcore {
 
@@ -44,6 +45,14 @@ class CpuBackend final : public Backend {
   }
 
   void synchronize() override {}
+
+  void fill_dummy(Tensor& out, uint64_t stream, float bound) override {
+    out.check("fill_dummy out", DType::kF32, out.shape());
+    float* data = out.data_as<float>();
+    const int64_t n = out.numel();
+#pragma omp parallel for schedule(static) num_threads(num_threads_)
+    for (int64_t i = 0; i < n; ++i) data[i] = dummy_value(stream, static_cast<uint64_t>(i), bound);
+  }
 
   Tensor load_weight(const Tensor& host) override {
     LLMCORE_CHECK(host.device() == Device::kCPU, "load_weight reads cpu tensors, got ",

@@ -225,6 +225,11 @@ void CudaBackend::gather_rows(Tensor& out, const Tensor& x, const Tensor& indice
   kernels::gather_rows(out, x, indices, error_word_, stream_);
 }
 
+void CudaBackend::fill_dummy(Tensor& out, uint64_t stream, float bound) {
+  cuda::DeviceGuard guard(device_);
+  kernels::fill_dummy(out, stream, bound, stream_);
+}
+
 void CudaBackend::copy_kv_blocks(KVCache& cache, const std::vector<std::pair<int, int>>& src_dst) {
   std::vector<Tensor*> layers = kv_copy_layers(cache, src_dst, Device::kCUDA);
   if (src_dst.empty() || layers.empty()) return;

@@ -61,6 +61,7 @@ class CudaBackend final : public Backend {
   void silu_and_mul(Tensor& out, const Tensor& x) override;
   void gather_rows(Tensor& out, const Tensor& x, const Tensor& indices) override;
   void copy_kv_blocks(KVCache& cache, const std::vector<std::pair<int, int>>& src_dst) override;
+  void fill_dummy(Tensor& out, uint64_t stream, float bound) override;
 
   // --- CUDA-specific -----------------------------------------------------------------------------
   int device_index() const { return device_; }

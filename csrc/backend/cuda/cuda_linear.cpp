@@ -30,6 +30,8 @@
 #include <cublasLt.h>
 
 #include <algorithm>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <vector>
 
@@ -266,19 +268,34 @@ const CublasLtLinear::Plan& CublasLtLinear::plan_for(const PlanKey& key, const v
       }
       cudaEventDestroy(start);
       cudaEventDestroy(stop);
-      double best_cost = 0.0;
+      // The candidate whose worst slowdown over the timed M (time / fastest candidate's time) is
+      // smallest; the sum of slowdowns breaks ties. A sum alone let a candidate 1.5x slower at
+      // M = 1 win on prefill sizes, and which one won moved with timing noise.
+      double best_worst = 0.0, best_sum = 0.0;
+      const bool log = std::getenv("LLMCORE_LOG_GEMM_PLANS") != nullptr;
       for (size_t c = 0; c < valid.size(); ++c) {
-        double cost = 0.0;
+        double worst = 0.0, sum = 0.0;
         for (size_t j = 0; j < ms[c].size(); ++j) {
           float fastest = ms[c][j];
           for (size_t o = 0; o < valid.size(); ++o) fastest = std::min(fastest, ms[o][j]);
-          cost += ms[c][j] / std::max(fastest, 1e-6f);
+          const double slowdown = ms[c][j] / std::max(fastest, 1e-6f);
+          worst = std::max(worst, slowdown);
+          sum += slowdown;
         }
-        if (c == 0 || cost < best_cost) {
+        if (log) {
+          std::fprintf(stderr, "llmcore gemm plan [%lld, %lld] candidate %zu:", static_cast<long long>(n),
+                       static_cast<long long>(k), c);
+          for (size_t j = 0; j < ms[c].size(); ++j) std::fprintf(stderr, " M=%lld %.4f ms", static_cast<long long>(kTimedTokens[j]), ms[c][j]);
+          std::fprintf(stderr, " worst %.3f sum %.3f\n", worst, sum);
+        }
+        if (c == 0 || worst < best_worst - 1e-9 || (worst < best_worst + 0.02 && sum < best_sum)) {
           best = c;
-          best_cost = cost;
+          best_worst = worst;
+          best_sum = sum;
         }
       }
+      if (log) std::fprintf(stderr, "llmcore gemm plan [%lld, %lld]: candidate %zu of %zu\n", static_cast<long long>(n),
+                            static_cast<long long>(k), best, valid.size());
     }
     const Plan& chosen = *valid[best];
     plans_.emplace(key, std::move(valid[best]));

@@ -235,3 +235,35 @@ TEST(CudaOps, RotaryEmbeddingMatchesCpu) {
 
 }  // namespace
 }  // namespace llmcore
+
+namespace llmcore {
+namespace {
+
+using namespace cuda_testing;
+
+// Dummy weights drawn on the GPU are the CPU twin's float32 values rounded to the dtype, bit for
+// bit, also for a view that starts inside a larger tensor (fused weights fill row ranges).
+TEST(CudaOps, FillDummyMatchesCpuBitwise) {
+  LLMCORE_SKIP_WITHOUT_CUDA();
+  auto cpu = create_cpu_backend(0);
+  for (DType dt : kDtypes) {
+    auto be = make_backend(dt);
+    for (int64_t n : {int64_t{1}, int64_t{1000}, int64_t{3} << 20}) {
+      for (uint64_t stream : {uint64_t{0}, uint64_t{0x9d1f23a55ull}}) {
+        Tensor want = Tensor::empty({n}, DType::kF32);
+        cpu->fill_dummy(want, stream, 0.5f);
+        for (int64_t i = 0; i < n; ++i) want.data_as<float>()[i] = round_to(want.data_as<float>()[i], dt);
+        Tensor whole = poisoned(*be, {n + 8}, dt);
+        Tensor view = Tensor::wrap(static_cast<char*>(whole.data()) + 8 * dtype_size(dt), {n}, dt, Device::kCUDA);
+        be->fill_dummy(view, stream, 0.5f);
+        const Tensor got = download_f32(*be, whole);
+        Tensor got_view = Tensor::wrap(got.data_as<float>() + 8, {n}, DType::kF32);
+        EXPECT_TRUE(same_bits(got_view, want)) << short_name(dt) << " n " << n << " stream " << stream;
+        for (int i = 0; i < 8; ++i) EXPECT_TRUE(std::isnan(got.data_as<float>()[i])) << "wrote before the view";
+      }
+    }
+  }
+}
+
+}  // namespace
+}  // namespace llmcore
