@@ -140,6 +140,15 @@ int32_t draw(const SamplingParams& params, const double* logits, int vocab_size,
   return order[pick.index];
 }
 
+// Raw logprob and rank of `token_id`, and the top-k raw logprobs (k < 0: none), of one row;
+// errors name the row (row < 0: unnamed).
+void score(const float* logits, int vocab_size, int row, int32_t token_id, int k, TokenLogprob* chosen,
+           std::vector<TokenLogprob>* top) {
+  const double lse = log_sum_exp(logits, vocab_size, row);
+  if (chosen != nullptr) *chosen = token_logprob(logits, vocab_size, lse, token_id);
+  if (top != nullptr && k >= 0) top_logprobs(logits, vocab_size, lse, k, &thread_scratch().order, top);
+}
+
 }  // namespace
 
 // One row: raw logprobs, processed logits, then greedy or one generator draw.
@@ -147,15 +156,12 @@ static void sample_row(const SampleRequest& row, int r, int vocab_size, SampleRe
   RowScratch& scratch = thread_scratch();
   LLMCORE_CHECK(row.logits != nullptr, "row ", r);
   LLMCORE_CHECK(row.num_logprobs >= -1, "row ", r, " num_logprobs ", row.num_logprobs);
-  const double lse = log_sum_exp(row.logits, vocab_size, r);
   if (row.forced_token >= 0) {  // scoring a given token: raw logprobs only
     result->token_id = row.forced_token;
-    result->chosen = token_logprob(row.logits, vocab_size, lse, row.forced_token);
-    if (row.num_logprobs >= 0) {
-      top_logprobs(row.logits, vocab_size, lse, row.num_logprobs, &scratch.order, &result->top);
-    }
+    score(row.logits, vocab_size, r, row.forced_token, row.num_logprobs, &result->chosen, &result->top);
     return;
   }
+  const double lse = log_sum_exp(row.logits, vocab_size, r);
   LLMCORE_CHECK(row.params != nullptr, "row ", r);
   const SamplingParams& params = *row.params;
   scratch.logits.resize(vocab_size);
@@ -210,9 +216,8 @@ std::vector<SampleResult> sample(const std::vector<SampleRequest>& rows, int voc
 void raw_logprobs(const float* logits, int vocab_size, int32_t token_id, int k,
                   TokenLogprob* chosen, std::vector<TokenLogprob>* top) {
   LLMCORE_CHECK(logits != nullptr && vocab_size > 0, "vocab_size ", vocab_size);
-  const double lse = log_sum_exp(logits, vocab_size, -1);
-  if (chosen != nullptr) *chosen = token_logprob(logits, vocab_size, lse, token_id);
-  if (top != nullptr) top_logprobs(logits, vocab_size, lse, k, &thread_scratch().order, top);
+  LLMCORE_CHECK(top == nullptr || k >= 0, "k ", k);
+  score(logits, vocab_size, -1, token_id, k, chosen, top);
 }
 
 }  // namespace llmcore

@@ -59,8 +59,8 @@ inline uint64_t weight_mass(double w) { return static_cast<uint64_t>(w * kMassSc
 // The uniform in [0, 1) a random row's draw uses, from one generator output.
 inline double draw_uniform(uint64_t bits) { return static_cast<double>(bits >> 11) * 0x1.0p-53; }
 
-// Raw logprob of `token_id` with its rank, and the top-k (k may be 0), for one logits row.
-// Used for prompt logprobs.
+// Raw logprob of `token_id` with its rank, and the top-k (k may be 0), for one logits row: what
+// sample() computes for a row with forced_token set (prompt logprobs), for a single row.
 void raw_logprobs(const float* logits, int vocab_size, int32_t token_id, int k,
                   TokenLogprob* chosen, std::vector<TokenLogprob>* top);
 
