@@ -302,6 +302,11 @@ def resolve_device(device: str, llmcore_module) -> str:
     return "cuda" if count is not None and count() > 0 else "cpu"
 
 
+def tp_label(args: argparse.Namespace) -> str:
+    """', TP 2' for the summary lines when the model is sharded; '' at tensor_parallel_size 1."""
+    return f", TP {args.tensor_parallel_size}" if args.tensor_parallel_size != 1 else ""
+
+
 def make_llm(args: argparse.Namespace, model_dir: Path, device: str):
     """llmcore.LLM from the engine flags, passing only those that were set."""
     llmcore = import_llmcore()

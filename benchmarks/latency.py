@@ -144,6 +144,7 @@ def main(argv=None) -> int:
         "model_config": config,
         "num_parameters": common.num_parameters(config),
         "engine_kwargs": engine_kwargs,
+        "tensor_parallel_size": args.tensor_parallel_size,
         "sampling": {"temperature": 0.0, "ignore_eos": True, "detokenize": False},
         "startup_s": startup_s,
         "startup_phases_s": dict(llm_startup),
@@ -152,7 +153,7 @@ def main(argv=None) -> int:
     })
     path = common.write_record(record, args.output_json)
     print(f"Results: {path}")
-    print(f"Latency ({record['device']}, {args.input_len} in / {args.output_len} out): "
+    print(f"Latency ({record['device']}{common.tp_label(args)}, {args.input_len} in / {args.output_len} out): "
           + "; ".join(describe(r) for r in results))
     return 0
 

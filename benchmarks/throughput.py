@@ -126,6 +126,7 @@ def main(argv=None) -> int:
         "model_config": config,
         "num_parameters": common.num_parameters(config),
         "engine_kwargs": engine_kwargs,
+        "tensor_parallel_size": args.tensor_parallel_size,
         "sampling": {"n": args.n, "temperature": 1.0, "top_p": 1.0, "ignore_eos": True,
                      "max_tokens": args.output_len, "detokenize": False},
         "result": result,
@@ -138,7 +139,7 @@ def main(argv=None) -> int:
 
     print(f"Total num prompt tokens:  {prompt_tokens}")
     print(f"Total num output tokens:  {output_tokens}")
-    print(f"Elapsed: {elapsed:.3f} s on {record['device']} (startup {startup_s:.1f} s, warm-up {warmup_s:.1f} s)")
+    print(f"Elapsed: {elapsed:.3f} s on {record['device']}{common.tp_label(args)} (startup {startup_s:.1f} s, warm-up {warmup_s:.1f} s)")
     timed = record["engine_stats_timed"]
     if timed.get("num_steps"):
         print("Host time per step (ms): " + ", ".join(

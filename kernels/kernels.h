@@ -35,9 +35,10 @@ const char* kernel_error_name(int bit);
 
 // --- embedding/embedding.cu: row gathers -------------------------------------------------------
 
-// out [T, Hd] = table [V, Hd] rows picked by token_ids [T] int32. out and table share a dtype.
-void embedding(Tensor& out, const Tensor& token_ids, const Tensor& table, int* error_flags,
-               cudaStream_t stream);
+// out [T, Hd] = table [Vr, Hd] rows picked by token_ids [T] int32 minus vocab_start; ids in
+// [0, vocab_size) outside the table's range give zero rows (backend.h). out and table share a dtype.
+void embedding(Tensor& out, const Tensor& token_ids, const Tensor& table, int64_t vocab_start,
+               int64_t vocab_size, int* error_flags, cudaStream_t stream);
 // out [L, N] = x [T, N] rows picked by indices [L] int32; any dtype.
 void gather_rows(Tensor& out, const Tensor& x, const Tensor& indices, int* error_flags,
                  cudaStream_t stream);
@@ -84,9 +85,11 @@ void copy_kv_blocks(const std::vector<Tensor*>& layers,
 
 // --- common/fill_dummy.cu ------------------------------------------------------------------------
 
-// out (f32, bf16 or fp16, any shape) = dummy_value(stream, i, bound) per element i
-// (core/dummy_values.h), rounded to out's dtype: load_format="dummy" weights.
-void fill_dummy(Tensor& out, uint64_t stream, float bound, cudaStream_t cuda_stream);
+// out (f32, bf16 or fp16, any shape) = dummy_value(stream, index, bound) per element
+// (core/dummy_values.h), rounded to out's dtype: load_format="dummy" weights. Element (r, c) of out
+// viewed as [dim 0, cols] draws index first + r * row_stride + c (row_stride < 0: cols).
+void fill_dummy(Tensor& out, uint64_t stream, float bound, int64_t first, int64_t row_stride,
+                cudaStream_t cuda_stream);
 
 // --- sampling/sampler.cu --------------------------------------------------------------------------
 

@@ -69,6 +69,14 @@ inline std::vector<Tensor*> kv_copy_layers(KVCache& cache, const std::vector<std
   return layers;
 }
 
+// Element (r, c) of a tensor viewed as [dim 0, numel / dim 0] is element
+// first + r * row_stride + c of the tensor it was cut from (row_stride < 0: its own row length,
+// i.e. a contiguous range starting at `first`).
+struct DummyIndex {
+  int64_t first = 0;
+  int64_t row_stride = -1;
+};
+
 class Backend {
  public:
   virtual ~Backend() = default;
@@ -87,8 +95,12 @@ class Backend {
   // A checkpoint tensor (CPU, any float dtype) converted to activation_dtype() on the device.
   virtual Tensor load_weight(const Tensor& host) = 0;
 
-  // out[t] = table[token_ids[t]].  out [T, Hd]; token_ids [T] int32; table [V, Hd]
-  virtual void embedding(Tensor& out, const Tensor& token_ids, const Tensor& table) = 0;
+  // out[t] = table[token_ids[t] - vocab_start].  out [T, Hd]; token_ids [T] int32; table [Vr, Hd]
+  // holding the ids [vocab_start, vocab_start + Vr) of a vocabulary of vocab_size ids: ids of the
+  // vocabulary outside the table's range give zero rows (a vocab-parallel embedding, whose ranks'
+  // rows are then summed); ids outside [0, vocab_size) are errors. Unsharded: (0, Vr).
+  virtual void embedding(Tensor& out, const Tensor& token_ids, const Tensor& table, int64_t vocab_start,
+                         int64_t vocab_size) = 0;
   // out = x / rms(x) * weight, per row.  out, x [T, Hd]; weight [Hd]
   virtual void rms_norm(Tensor& out, const Tensor& x, const Tensor& weight, float eps) = 0;
   // residual += x; x = rms_norm(residual) * weight.  x, residual [T, Hd]; weight [Hd]
@@ -119,9 +131,11 @@ class Backend {
   // For each (src, dst) block pair, copies block src to block dst in every layer's k and v.
   virtual void copy_kv_blocks(KVCache& cache, const std::vector<std::pair<int, int>>& src_dst) = 0;
   // out (any shape, in the activation dtype; may be a view into a larger weight) =
-  // dummy_value(stream, i, bound) for its elements i in order (core/dummy_values.h), rounded to
-  // out's dtype: load_format="dummy" weights drawn where they live.
-  virtual void fill_dummy(Tensor& out, uint64_t stream, float bound) = 0;
+  // dummy_value(stream, index, bound) for its elements (core/dummy_values.h), rounded to out's
+  // dtype: load_format="dummy" weights drawn where they live. `index` says which element of the
+  // whole checkpoint tensor each one is, so a tensor-parallel shard holds its slice of the same
+  // numbers.
+  virtual void fill_dummy(Tensor& out, uint64_t stream, float bound, const DummyIndex& index) = 0;
 };
 
 // The CPU reference backend. `num_threads` 0 means all cores.

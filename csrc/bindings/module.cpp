@@ -205,7 +205,8 @@ Invalid values raise ValueError naming the field.)doc")
                        bool enable_prefix_caching, bool enable_chunked_prefill, int block_size,
                        int num_gpu_blocks_override, double cpu_kv_cache_space_gib,
                        double gpu_memory_utilization, uint64_t seed,
-                       const std::string& load_format, int num_threads, bool enforce_eager) {
+                       const std::string& load_format, int num_threads, bool enforce_eager,
+                       int tensor_parallel_size) {
              EngineConfig c;
              c.model = model;
              c.tokenizer = tokenizer;
@@ -224,6 +225,7 @@ Invalid values raise ValueError naming the field.)doc")
              c.load_format = load_format;
              c.num_threads = num_threads;
              c.enforce_eager = enforce_eager;
+             c.tensor_parallel_size = tensor_parallel_size;
              py::gil_scoped_release release;
              return std::make_unique<LLMEngine>(c);
            }),
@@ -233,7 +235,7 @@ Invalid values raise ValueError naming the field.)doc")
            py::arg("block_size") = 16, py::arg("num_gpu_blocks_override") = 0,
            py::arg("cpu_kv_cache_space_gib") = 4.0, py::arg("gpu_memory_utilization") = 0.9,
            py::arg("seed") = 0, py::arg("load_format") = "auto",
-           py::arg("num_threads") = 0, py::arg("enforce_eager") = false)
+           py::arg("num_threads") = 0, py::arg("enforce_eager") = false, py::arg("tensor_parallel_size") = 1)
       .def("add_request", &LLMEngine::add_request, py::arg("request_id"), py::arg("prompt_token_ids"),
            py::arg("params"), py::call_guard<py::gil_scoped_release>())
       .def("abort_request", &LLMEngine::abort_request, py::arg("request_id"),
@@ -247,6 +249,8 @@ Invalid values raise ValueError naming the field.)doc")
       .def("shutdown", &LLMEngine::shutdown, py::call_guard<py::gil_scoped_release>())
       .def_property_readonly("max_model_len", &LLMEngine::max_model_len)
       .def_property_readonly("decode_graph_sizes", &LLMEngine::decode_graph_sizes)
+      .def_property_readonly("tensor_parallel_size",
+                             [](const LLMEngine& e) { return e.config().tensor_parallel_size; })
       .def_property_readonly("startup_times", [](const LLMEngine& e) {
         const StartupTimes& t = e.startup_times();
         py::dict d;

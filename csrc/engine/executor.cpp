@@ -2,13 +2,20 @@
 
 #include <algorithm>
 #include <cstring>
+#include <thread>
 
 #include "core/error.h"
+#include "parallel/communicator.h"
+#include "parallel/sharding.h"
+#include "parallel/worker_pool.h"
 
 #ifdef LLMCORE_WITH_CUDA
 #include "backend/cuda/cuda_backend.h"
 #include "backend/cuda/cuda_sampler.h"
 #include "engine/decode_graphs.h"
+#ifdef LLMCORE_WITH_NCCL
+#include "backend/cuda/nccl_communicator.h"
+#endif
 #else
 namespace llmcore {
 // No CUDA backend in this build: these pointers stay empty.
@@ -19,28 +26,224 @@ class DecodeGraphs {};
 
 namespace llmcore {
 
+// One tensor-parallel rank (the whole model when there is one).
+struct Executor::Rank {
+  int index = 0;
+  std::unique_ptr<Backend> backend;
+  std::unique_ptr<parallel::Communicator> comm;  // null when tensor_parallel_size is 1
+  std::unique_ptr<Model> model;
+  KVCache kv_cache;
+  std::unique_ptr<DecodeGraphs> decode_graphs;  // set by capture_decode_graphs
+  int64_t steps = 0;                            // execute() calls (the fault seam counts them)
+
+  ~Rank() {
+    decode_graphs.reset();  // graphs hold the communicator's kernels and the cache's addresses
+    kv_cache = KVCache{};
+    model.reset();
+    comm.reset();
+  }
+
+  Tensor to_device_i32(const std::vector<int32_t>& host, Shape shape) {
+    Tensor h = Tensor::wrap(const_cast<int32_t*>(host.data()), std::move(shape), DType::kI32);
+    if (backend->device() == Device::kCPU) {
+      Tensor d = Tensor::empty(h.shape(), DType::kI32);
+      if (h.nbytes()) std::memcpy(d.data(), h.data(), h.nbytes());
+      return d;
+    }
+    Tensor d = backend->empty(h.shape(), DType::kI32);
+    backend->copy(d, h);
+    return d;
+  }
+
+  void allocate_kv_cache(int num_blocks, int block_size, const ModelConfig& c, int tp) {
+    decode_graphs.reset();  // they point into the old cache
+    const DType dtype = backend->activation_dtype();
+    kv_cache = KVCache{};
+    kv_cache.num_blocks = num_blocks;
+    kv_cache.block_size = block_size;
+    const int64_t kv_heads = parallel::rank_dims(c, tp, index).num_kv_heads;
+    const Shape shape = {num_blocks, kv_heads, block_size, c.head_dim};
+    for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
+      kv_cache.k.push_back(backend->empty(shape, dtype));
+      kv_cache.v.push_back(backend->empty(shape, dtype));
+    }
+  }
+};
+
+// One step's input arrays on the host, built once and copied to every rank's device.
+struct Executor::StepInput {
+  std::vector<int32_t> token_ids, positions, slots, seq_lens, logits_rows, query_start_loc, block_tables;
+  int num_seqs = 0, num_tokens = 0, max_query_len = 0, max_seq_len = 0;
+  int64_t max_blocks = 1;
+
+  StepInput(const SchedulerOutput& out, const std::vector<LogitsRequest>& logits_requests, int block_size) {
+    LLMCORE_CHECK(logits_requests.size() == out.scheduled.size());
+    num_seqs = static_cast<int>(out.scheduled.size());
+    num_tokens = out.num_batched_tokens;
+    size_t widest = 1;
+    for (const ScheduledSequence& s : out.scheduled) widest = std::max(widest, s.seq->block_table.size());
+    max_blocks = static_cast<int64_t>(widest);
+    query_start_loc = {0};
+    block_tables.assign(static_cast<size_t>(num_seqs * max_blocks), -1);
+    token_ids.reserve(num_tokens);
+    positions.reserve(num_tokens);
+    slots.reserve(num_tokens);
+    for (int i = 0; i < num_seqs; ++i) {
+      const ScheduledSequence& s = out.scheduled[i];
+      const Sequence& seq = *s.seq;
+      const int start = seq.num_computed_tokens;
+      const int row0 = static_cast<int>(token_ids.size());
+      LLMCORE_CHECK(start + s.num_tokens <= seq.num_tokens());
+      LLMCORE_CHECK(static_cast<size_t>((start + s.num_tokens + block_size - 1) / block_size) <=
+                    seq.block_table.size(), "sequence ", seq.seq_id, " has too few blocks");
+      for (int p = start; p < start + s.num_tokens; ++p) {
+        token_ids.push_back(seq.token_ids[p]);
+        positions.push_back(p);
+        slots.push_back(seq.block_table[p / block_size] * block_size + p % block_size);
+      }
+      query_start_loc.push_back(static_cast<int32_t>(token_ids.size()));
+      seq_lens.push_back(start + s.num_tokens);
+      std::copy(seq.block_table.begin(), seq.block_table.end(), block_tables.begin() + i * max_blocks);
+      max_query_len = std::max(max_query_len, s.num_tokens);
+      max_seq_len = std::max(max_seq_len, start + s.num_tokens);
+      const LogitsRequest& lr = logits_requests[i];
+      LLMCORE_CHECK(lr.first_row >= 0 && lr.first_row + lr.num_rows <= s.num_tokens);
+      for (int r = 0; r < lr.num_rows; ++r) logits_rows.push_back(row0 + lr.first_row + r);
+    }
+    LLMCORE_CHECK(static_cast<int>(token_ids.size()) == num_tokens);
+  }
+};
+
 Executor::Executor(const ExecutorConfig& config, const ModelConfig& model_config)
     : config_(config), model_config_(model_config) {
-  if (config.device == "cpu") {
-    backend_ = create_cpu_backend(config.num_threads);
-  } else if (config.device == "cuda") {
+  const int tp = config.tensor_parallel_size;
+  LLMCORE_CHECK_ARG(tp >= 1, "tensor_parallel_size must be >= 1; got ", tp);
+  parallel::check_tensor_parallel(model_config_, tp);
+  if (config.device == "cuda") {
 #ifdef LLMCORE_WITH_CUDA
-    LLMCORE_CHECK_ARG(cuda::device_count() > 0, "device='cuda' but no CUDA device is available");
-    backend_ = create_cuda_backend(0, config.dtype);
+    const int gpus = cuda::device_count();
+    LLMCORE_CHECK_ARG(gpus > 0, "device='cuda' but no CUDA device is available");
+    LLMCORE_CHECK_ARG(gpus >= tp, "tensor_parallel_size=", tp, " needs ", tp, " GPUs; ", gpus,
+                      " visible (CUDA_VISIBLE_DEVICES picks them)");
+#ifndef LLMCORE_WITH_NCCL
+    LLMCORE_CHECK_ARG(tp == 1, "tensor_parallel_size > 1 on GPUs needs NCCL, which this build does not "
+                      "include (install nvidia-nccl-cu13 and rebuild)");
+#endif
 #else
     throw_value_error("device='cuda' needs the CUDA backend, which this build does not include "
                       "(build with the CUDA toolkit and cuBLAS installed)");
 #endif
-  } else {
+  } else if (config.device != "cpu") {
     throw_value_error("device must be 'cpu' or 'cuda'; got '", config.device, "'");
   }
-  model_ = create_model(model_config_, config.model_dir, *backend_, config.load_format, config.seed);
+  for (int r = 0; r < tp; ++r) {
+    ranks_.push_back(std::make_unique<Rank>());
+    ranks_.back()->index = r;
+  }
+  if (tp > 1) pool_ = std::make_unique<parallel::WorkerPool>(tp, /*spin=*/config.device == "cuda");
+
+  // Backends, each made by the thread that will drive it.
+  const int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  const int cpu_threads = config.num_threads > 0 ? config.num_threads : cores;
+  on_ranks([&](Rank& rank) {
+    if (config.device == "cpu") {
+      rank.backend = create_cpu_backend(tp == 1 ? config.num_threads : std::max(1, cpu_threads / tp));
+    } else {
 #ifdef LLMCORE_WITH_CUDA
-  if (auto* cuda = dynamic_cast<CudaBackend*>(backend_.get())) cuda_sampler_ = std::make_unique<CudaSampler>(*cuda);
+      rank.backend = create_cuda_backend(rank.index, config.dtype);
+#endif
+    }
+  });
+  if (tp > 1) {
+    std::vector<std::unique_ptr<parallel::Communicator>> comms;
+    if (config.device == "cpu") {
+      comms = parallel::create_thread_communicators(tp);
+    } else {
+#if defined(LLMCORE_WITH_CUDA) && defined(LLMCORE_WITH_NCCL)
+      std::vector<CudaBackend*> backends;
+      for (auto& rank : ranks_) backends.push_back(dynamic_cast<CudaBackend*>(rank->backend.get()));
+      comms = create_nccl_communicators(backends, config.tp_step_timeout_s);
+#endif
+    }
+    for (int r = 0; r < tp; ++r) ranks_[r]->comm = std::move(comms[r]);
+  }
+  // The ranks read their shards in parallel.
+  on_ranks([&](Rank& rank) {
+    const TensorParallel shard{rank.index, tp, rank.comm.get()};
+    rank.model = create_model(model_config_, config.model_dir, *rank.backend, config.load_format, config.seed, shard);
+  });
+#ifdef LLMCORE_WITH_CUDA
+  if (auto* cuda = dynamic_cast<CudaBackend*>(ranks_[0]->backend.get())) cuda_sampler_ = std::make_unique<CudaSampler>(*cuda);
 #endif
 }
 
-Executor::~Executor() = default;
+Executor::~Executor() {
+  // Some rank's thread may be stuck in a device call that will not return (a failed step left it
+  // behind): its state, and the pool whose thread it is, cannot be freed safely. Leaked; the
+  // process is expected to exit.
+  auto leak = [&] {
+    for (auto& rank : ranks_) (void)rank.release();
+    (void)cuda_sampler_.release();
+    (void)pool_.release();
+  };
+  if (pool_ && pool_->wedged()) {
+    leak();
+    return;
+  }
+  cuda_sampler_.reset();  // it uses rank 0's backend
+  // Each rank's device state goes away on the thread that drove it, all ranks at once (the NCCL
+  // communicators are destroyed together), also after a failure.
+  if (pool_) {
+    try {
+      pool_->run([&](int r) { ranks_[r].reset(); }, [](int, const std::exception&) {});
+    } catch (const std::exception&) {
+    }
+    if (pool_->wedged()) {
+      leak();
+      return;
+    }
+  }
+  ranks_.clear();
+  pool_.reset();
+}
+
+void Executor::on_ranks(const std::function<void(Rank&)>& fn) {
+  if (!pool_) {
+    fn(*ranks_[0]);
+    return;
+  }
+  LLMCORE_CHECK(!failed_, "the tensor-parallel group failed earlier (", failure_, ")");
+  try {
+    pool_->run(
+        [&](int r) {
+          Rank& rank = *ranks_[r];
+          fn(rank);
+          if (rank.comm) rank.comm->synchronize();
+        },
+        [&](int r, const std::exception& e) {
+          parallel::Communicator* comm = ranks_[r]->comm.get();
+          if (comm == nullptr) return;
+          comm->abort(str_cat("rank ", r, " failed: ", e.what()));
+          try {
+            comm->synchronize();  // what this rank enqueued before failing finishes or is cut short
+          } catch (const std::exception&) {
+          }
+        });
+  } catch (const std::exception& e) {
+    // Only after the communicators exist is a failure fatal to the group.
+    if (ranks_[0]->comm && ranks_[0]->comm->group().aborted()) {
+      failed_ = true;
+      failure_ = e.what();
+    }
+    throw;
+  }
+}
+
+void Executor::launch_barrier(Rank& rank) {
+  if (pool_) pool_->barrier(rank.index);
+}
+
+DType Executor::kv_dtype() const { return ranks_[0]->backend->activation_dtype(); }
 
 std::vector<SampleResult> Executor::sample(const std::vector<SampleRequest>& rows, int vocab_size) {
 #ifdef LLMCORE_WITH_CUDA
@@ -49,32 +252,26 @@ std::vector<SampleResult> Executor::sample(const std::vector<SampleRequest>& row
   return llmcore::sample(rows, vocab_size);
 }
 
-size_t Executor::kv_block_bytes(const ModelConfig& c, int block_size, DType dtype) {
-  return 2 * static_cast<size_t>(c.num_hidden_layers) * c.num_key_value_heads * block_size *
-         c.head_dim * dtype_size(dtype);
+size_t Executor::kv_block_bytes(const ModelConfig& c, int block_size, DType dtype, int tp) {
+  const int64_t kv_heads = parallel::rank_dims(c, tp, 0).num_kv_heads;
+  return 2 * static_cast<size_t>(c.num_hidden_layers) * kv_heads * block_size * c.head_dim * dtype_size(dtype);
 }
 
 void Executor::allocate_kv_cache(int num_blocks) {
-  decode_graphs_.reset();  // they point into the old cache
-  const DType dtype = backend_->activation_dtype();
-  kv_cache_ = KVCache{};
-  kv_cache_.num_blocks = num_blocks;
-  kv_cache_.block_size = config_.block_size;
-  const Shape shape = {num_blocks, model_config_.num_key_value_heads, config_.block_size,
-                       model_config_.head_dim};
-  for (int64_t l = 0; l < model_config_.num_hidden_layers; ++l) {
-    kv_cache_.k.push_back(backend_->empty(shape, dtype));
-    kv_cache_.v.push_back(backend_->empty(shape, dtype));
-  }
+  const int tp = tensor_parallel_size();
+  on_ranks([&](Rank& rank) { rank.allocate_kv_cache(num_blocks, config_.block_size, model_config_, tp); });
 }
 
 void Executor::capture_decode_graphs(int max_batch, int max_model_len) {
 #ifdef LLMCORE_WITH_CUDA
-  auto* cuda = dynamic_cast<CudaBackend*>(backend_.get());
-  if (cuda == nullptr) return;
-  decode_graphs_.reset();
-  decode_graphs_ = std::make_unique<DecodeGraphs>(*cuda, *model_, kv_cache_, config_.block_size,
-                                                  max_model_len, max_batch);
+  if (dynamic_cast<CudaBackend*>(ranks_[0]->backend.get()) == nullptr) return;
+  // All ranks at once: the warm-up passes before each capture run the collectives.
+  on_ranks([&](Rank& rank) {
+    auto* cuda = dynamic_cast<CudaBackend*>(rank.backend.get());
+    rank.decode_graphs.reset();
+    rank.decode_graphs = std::make_unique<DecodeGraphs>(*cuda, *rank.model, rank.kv_cache, config_.block_size,
+                                                        max_model_len, max_batch);
+  });
 #else
   (void)max_batch;
   (void)max_model_len;
@@ -83,99 +280,65 @@ void Executor::capture_decode_graphs(int max_batch, int max_model_len) {
 
 std::vector<int> Executor::decode_graph_sizes() const {
 #ifdef LLMCORE_WITH_CUDA
-  if (decode_graphs_) return decode_graphs_->buckets();
+  if (ranks_[0]->decode_graphs) return ranks_[0]->decode_graphs->buckets();
 #endif
   return {};
 }
 
-Tensor Executor::to_device_i32(const std::vector<int32_t>& host, Shape shape) {
-  Tensor h = Tensor::wrap(const_cast<int32_t*>(host.data()), std::move(shape), DType::kI32);
-  if (backend_->device() == Device::kCPU) {
-    Tensor d = Tensor::empty(h.shape(), DType::kI32);
-    if (h.nbytes()) std::memcpy(d.data(), h.data(), h.nbytes());
-    return d;
-  }
-  Tensor d = backend_->empty(h.shape(), DType::kI32);
-  backend_->copy(d, h);
-  return d;
+Tensor Executor::forward(Rank& rank, const StepInput& s) {
+  ForwardInput in;
+  in.token_ids = rank.to_device_i32(s.token_ids, {s.num_tokens});
+  in.positions = rank.to_device_i32(s.positions, {s.num_tokens});
+  in.logits_indices = rank.to_device_i32(s.logits_rows, {static_cast<int64_t>(s.logits_rows.size())});
+  in.attn.num_seqs = s.num_seqs;
+  in.attn.max_query_len = s.max_query_len;
+  in.attn.max_seq_len = s.max_seq_len;
+  in.attn.query_start_loc = rank.to_device_i32(s.query_start_loc, {s.num_seqs + 1});
+  in.attn.seq_lens = rank.to_device_i32(s.seq_lens, {s.num_seqs});
+  in.attn.block_tables = rank.to_device_i32(s.block_tables, {s.num_seqs, s.max_blocks});
+  in.attn.slot_mapping = rank.to_device_i32(s.slots, {s.num_tokens});
+  return rank.model->forward(in, rank.kv_cache);
 }
 
 Tensor Executor::execute(const SchedulerOutput& out, const std::vector<LogitsRequest>& logits_requests) {
   LLMCORE_CHECK(logits_requests.size() == out.scheduled.size());
-  if (!out.block_copies.empty()) {
-    std::vector<std::pair<int, int>> pairs;
-    for (const BlockCopy& c : out.block_copies) pairs.emplace_back(c.src, c.dst);
-    backend_->copy_kv_blocks(kv_cache_, pairs);
-  }
+  std::vector<std::pair<int, int>> copies;
+  for (const BlockCopy& c : out.block_copies) copies.emplace_back(c.src, c.dst);
+  bool graphed = false;
 #ifdef LLMCORE_WITH_CUDA
-  if (decode_graphs_ && decode_graphs_->can_run(out, logits_requests)) return decode_graphs_->run(out);
+  graphed = ranks_[0]->decode_graphs && ranks_[0]->decode_graphs->can_run(out, logits_requests);
 #endif
-  const int block_size = config_.block_size;
-  const int num_seqs = static_cast<int>(out.scheduled.size());
-  const int num_tokens = out.num_batched_tokens;
-
-  size_t max_blocks = 1;
-  for (const ScheduledSequence& s : out.scheduled) max_blocks = std::max(max_blocks, s.seq->block_table.size());
-
-  std::vector<int32_t> token_ids, positions, slots, seq_lens, logits_rows;
-  std::vector<int32_t> query_start_loc = {0};
-  std::vector<int32_t> block_tables(static_cast<size_t>(num_seqs) * max_blocks, -1);
-  token_ids.reserve(num_tokens);
-  positions.reserve(num_tokens);
-  slots.reserve(num_tokens);
-  int max_query_len = 0, max_seq_len = 0;
-  for (int i = 0; i < num_seqs; ++i) {
-    const ScheduledSequence& s = out.scheduled[i];
-    const Sequence& seq = *s.seq;
-    const int start = seq.num_computed_tokens;
-    const int row0 = static_cast<int>(token_ids.size());
-    LLMCORE_CHECK(start + s.num_tokens <= seq.num_tokens());
-    LLMCORE_CHECK(static_cast<size_t>((start + s.num_tokens + block_size - 1) / block_size) <=
-                  seq.block_table.size(), "sequence ", seq.seq_id, " has too few blocks");
-    for (int p = start; p < start + s.num_tokens; ++p) {
-      token_ids.push_back(seq.token_ids[p]);
-      positions.push_back(p);
-      slots.push_back(seq.block_table[p / block_size] * block_size + p % block_size);
+  std::unique_ptr<StepInput> input;
+  if (!graphed) input = std::make_unique<StepInput>(out, logits_requests, config_.block_size);
+  Tensor logits;
+  on_ranks([&](Rank& rank) {
+    if (rank.index == config_.fault_rank && ++rank.steps == config_.fault_step) {
+      throw std::runtime_error("fault injected at step " + std::to_string(config_.fault_step) +
+                               " (LLMCORE_FAULT_INJECT)");
     }
-    query_start_loc.push_back(static_cast<int32_t>(token_ids.size()));
-    seq_lens.push_back(start + s.num_tokens);
-    std::copy(seq.block_table.begin(), seq.block_table.end(), block_tables.begin() + i * max_blocks);
-    max_query_len = std::max(max_query_len, s.num_tokens);
-    max_seq_len = std::max(max_seq_len, start + s.num_tokens);
-    const LogitsRequest& lr = logits_requests[i];
-    LLMCORE_CHECK(lr.first_row >= 0 && lr.first_row + lr.num_rows <= s.num_tokens);
-    for (int r = 0; r < lr.num_rows; ++r) logits_rows.push_back(row0 + lr.first_row + r);
-  }
-  LLMCORE_CHECK(static_cast<int>(token_ids.size()) == num_tokens);
-
-
-  ForwardInput in;
-  in.token_ids = to_device_i32(token_ids, {num_tokens});
-  in.positions = to_device_i32(positions, {num_tokens});
-  in.logits_indices = to_device_i32(logits_rows, {static_cast<int64_t>(logits_rows.size())});
-  in.attn.num_seqs = num_seqs;
-  in.attn.max_query_len = max_query_len;
-  in.attn.max_seq_len = max_seq_len;
-  in.attn.query_start_loc = to_device_i32(query_start_loc, {num_seqs + 1});
-  in.attn.seq_lens = to_device_i32(seq_lens, {num_seqs});
-  in.attn.block_tables = to_device_i32(block_tables, {num_seqs, static_cast<int64_t>(max_blocks)});
-  in.attn.slot_mapping = to_device_i32(slots, {num_tokens});
-
-  return model_->forward(in, kv_cache_);
+    if (!copies.empty()) rank.backend->copy_kv_blocks(rank.kv_cache, copies);
+    launch_barrier(rank);
+    Tensor l;
+#ifdef LLMCORE_WITH_CUDA
+    if (graphed) l = rank.decode_graphs->run(out);
+#endif
+    if (!graphed) l = forward(rank, *input);
+    if (rank.index == 0) logits = l;
+  });
+  return logits;
 }
 
 int Executor::profile_num_kv_blocks(double gpu_memory_utilization, int max_num_batched_tokens,
                                     int max_num_seqs, int max_model_len) {
 #ifdef LLMCORE_WITH_CUDA
-  auto* cuda = dynamic_cast<CudaBackend*>(backend_.get());
-  LLMCORE_CHECK(cuda != nullptr, "profile_num_kv_blocks needs the CUDA backend");
+  LLMCORE_CHECK(dynamic_cast<CudaBackend*>(ranks_[0]->backend.get()) != nullptr,
+                "profile_num_kv_blocks needs the CUDA backend");
   const int block_size = config_.block_size;
   const int num_tokens = std::max(1, max_num_batched_tokens);
   const int num_seqs = std::max(1, std::min({max_num_seqs, num_tokens}));
   // Sequences of near-equal length, each no longer than max_model_len.
   const int per_seq = std::min((num_tokens + num_seqs - 1) / num_seqs, max_model_len);
   const int blocks_per_seq = (per_seq + block_size - 1) / block_size;
-  allocate_kv_cache(num_seqs * blocks_per_seq);
 
   std::vector<Sequence> seqs(num_seqs);
   SchedulerOutput out;
@@ -192,23 +355,33 @@ int Executor::profile_num_kv_blocks(double gpu_memory_utilization, int max_num_b
     out.num_batched_tokens += n;
     lrs.push_back({n - 1, 1});
   }
-  cuda->synchronize();
-  cuda->reset_peak_memory_stats();
-  execute(out, lrs);
-  cuda->synchronize();
-  // Peak bytes handed out during the step: this engine's weights, the profiling cache and the
-  // activations (cached free blocks of engines already gone are not counted: they are reusable).
-  const size_t peak_in_use = cuda->memory_stats().peak_in_use_bytes;
-  kv_cache_ = KVCache{};  // the profiling cache goes back to the allocator
-  const size_t reserved_now = cuda->memory_stats().reserved_bytes;
-  const cuda::MemoryInfo mem = cuda->memory_info();
-  // Device memory used by everything but our allocator (context, cuBLAS workspace, other
-  // processes) stays used.
-  const double used_elsewhere = static_cast<double>(mem.total_bytes - mem.free_bytes) - reserved_now;
-  const double budget =
-      gpu_memory_utilization * static_cast<double>(mem.total_bytes) - used_elsewhere - peak_in_use;
-  const double block_bytes = static_cast<double>(kv_block_bytes(model_config_, block_size, kv_dtype()));
-  return budget <= 0 ? 0 : static_cast<int>(budget / block_bytes);
+  const StepInput input(out, lrs, block_size);
+  const int tp = tensor_parallel_size();
+  const double block_bytes = static_cast<double>(kv_block_bytes(model_config_, block_size, kv_dtype(), tp));
+  std::vector<int> blocks(ranks_.size(), 0);
+  on_ranks([&](Rank& rank) {
+    auto* cuda = dynamic_cast<CudaBackend*>(rank.backend.get());
+    rank.allocate_kv_cache(num_seqs * blocks_per_seq, block_size, model_config_, tp);
+    cuda->synchronize();
+    cuda->reset_peak_memory_stats();
+    launch_barrier(rank);
+    forward(rank, input);
+    if (rank.comm) rank.comm->synchronize();
+    cuda->synchronize();
+    // Peak bytes handed out during the step: this engine's weights, the profiling cache and the
+    // activations (cached free blocks of engines already gone are not counted: they are reusable).
+    const size_t peak_in_use = cuda->memory_stats().peak_in_use_bytes;
+    rank.kv_cache = KVCache{};  // the profiling cache goes back to the allocator
+    const size_t reserved_now = cuda->memory_stats().reserved_bytes;
+    const cuda::MemoryInfo mem = cuda->memory_info();
+    // Device memory used by everything but our allocator (context, cuBLAS workspace, NCCL
+    // buffers, other processes) stays used.
+    const double used_elsewhere = static_cast<double>(mem.total_bytes - mem.free_bytes) - reserved_now;
+    const double budget =
+        gpu_memory_utilization * static_cast<double>(mem.total_bytes) - used_elsewhere - peak_in_use;
+    blocks[rank.index] = budget <= 0 ? 0 : static_cast<int>(budget / block_bytes);
+  });
+  return *std::min_element(blocks.begin(), blocks.end());
 #else
   (void)gpu_memory_utilization; (void)max_num_batched_tokens; (void)max_num_seqs; (void)max_model_len;
   throw_runtime_error("profile_num_kv_blocks needs the CUDA backend");

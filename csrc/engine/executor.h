@@ -1,9 +1,16 @@
-// Executor: owns the device side of one rank (backend, model weights, KV cache) and runs a
-// SchedulerOutput: builds the step's input tensors on the host, copies them to the device, does
-// the copy-on-write block copies, runs the forward pass and returns the requested logits rows on
-// the host.
+// Executor: owns the device side (backend, model weights, KV cache) and runs a SchedulerOutput:
+// builds the step's input arrays on the host, copies them to the device, does the copy-on-write
+// block copies, runs the forward pass and returns the requested logits rows.
+//
+// Tensor parallelism (tensor_parallel_size N > 1): N ranks, each with its own backend (GPU r, or a
+// CPU backend with its share of the cores), communicator, weight shard, KV-cache shard (its KV
+// heads) and decode graphs, driven by one worker thread per rank (parallel/worker_pool.h). Every
+// step's input goes to all ranks; rank 0's logits (all-gathered) are the step's and rank 0 samples,
+// so ranks never diverge. A rank that throws aborts the group: the others' collectives stop
+// instead of waiting, and the step throws the failed rank's error.
 #pragma once
 
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -15,6 +22,9 @@
 
 namespace llmcore {
 
+namespace parallel {
+class WorkerPool;
+}
 class CudaSampler;
 class DecodeGraphs;
 
@@ -32,7 +42,12 @@ struct ExecutorConfig {
   uint64_t seed = 0;
   int block_size = 16;
   int num_blocks = 0;  // decided by the engine (from memory or an override)
-  int num_threads = 0; // CPU backend threads, 0 = all cores
+  int num_threads = 0; // CPU backend threads, 0 = all cores (split between CPU ranks)
+  int tensor_parallel_size = 1;
+  double tp_step_timeout_s = 300;  // a rank whose step runs longer aborts the group (a hang)
+  // Test seam (LLMCORE_FAULT_INJECT="rank=R,step=N"): rank R throws in its N-th execute().
+  int fault_rank = -1;
+  int64_t fault_step = 0;
 };
 
 class Executor {
@@ -40,9 +55,11 @@ class Executor {
   Executor(const ExecutorConfig& config, const ModelConfig& model_config);
   ~Executor();
 
-  // Bytes of KV cache one block takes across all layers (K and V).
-  static size_t kv_block_bytes(const ModelConfig& model_config, int block_size, DType dtype);
-  DType kv_dtype() const { return backend_->activation_dtype(); }
+  // Bytes of KV cache one block takes across all layers (K and V) on one of `tp` ranks (its KV
+  // heads).
+  static size_t kv_block_bytes(const ModelConfig& model_config, int block_size, DType dtype, int tp = 1);
+  DType kv_dtype() const;
+  int tensor_parallel_size() const { return static_cast<int>(ranks_.size()); }
 
   // Allocates the KV cache of num_blocks blocks.
   void allocate_kv_cache(int num_blocks);
@@ -57,7 +74,8 @@ class Executor {
   // GPU only: runs a forward pass of the largest step the scheduler can form
   // (max_num_batched_tokens tokens over up to max_num_seqs sequences, one logits row each) to
   // measure peak activation memory, then returns how many KV blocks fit in
-  // gpu_memory_utilization of the device's memory next to the weights and that peak.
+  // gpu_memory_utilization of the device's memory next to the weights and that peak (the
+  // fewest over the ranks' GPUs).
   int profile_num_kv_blocks(double gpu_memory_utilization, int max_num_batched_tokens, int max_num_seqs,
                             int max_model_len);
 
@@ -71,18 +89,25 @@ class Executor {
   // ids and logprobs reach the host.
   std::vector<SampleResult> sample(const std::vector<SampleRequest>& rows, int vocab_size);
 
-  Backend& backend() { return *backend_; }
-
  private:
-  Tensor to_device_i32(const std::vector<int32_t>& host, Shape shape);
+  struct Rank;
+  struct StepInput;
+
+  // Runs fn on every rank: inline when there is one, else on the ranks' worker threads, each
+  // then waiting for its device work (collectives included) to finish.
+  void on_ranks(const std::function<void(Rank&)>& fn);
+  // Inside on_ranks: every rank waits here before enqueuing a step's collectives, so a rank that
+  // fails while preparing the step leaves no peer stuck in one (parallel/worker_pool.h).
+  void launch_barrier(Rank& rank);
+  Tensor forward(Rank& rank, const StepInput& in);
 
   ExecutorConfig config_;
   ModelConfig model_config_;
-  std::unique_ptr<Backend> backend_;
-  std::unique_ptr<Model> model_;
-  KVCache kv_cache_;
-  std::unique_ptr<CudaSampler> cuda_sampler_;  // set for the CUDA backend
-  std::unique_ptr<DecodeGraphs> decode_graphs_;  // set by capture_decode_graphs
+  std::vector<std::unique_ptr<Rank>> ranks_;
+  std::unique_ptr<parallel::WorkerPool> pool_;  // tensor_parallel_size > 1
+  std::unique_ptr<CudaSampler> cuda_sampler_;   // rank 0's, for the CUDA backend
+  bool failed_ = false;                         // a rank failed: the group is gone
+  std::string failure_;
 };
 
 }  // namespace llmcore

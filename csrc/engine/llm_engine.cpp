@@ -56,10 +56,12 @@ std::vector<int64_t> generation_config_eos_ids(const std::filesystem::path& mode
 
 // LLMCORE_FAULT_INJECT: a test seam that makes the engine fail on purpose, so the real error
 // path (every live request failed, is_healthy() false) can be tested end to end. Grammar:
-// comma-separated key=value pairs; today only `step=N` (the N-th step, counted from 1, throws
-// std::runtime_error inside the step loop). Tensor parallelism will add `rank=R`.
+// comma-separated key=value pairs: `step=N` (the N-th step, counted from 1, throws
+// std::runtime_error inside the step loop) and optionally `rank=R` (tensor-parallel rank R's
+// worker throws in its N-th step instead, so the other ranks' handling of a failed peer is tested).
 struct FaultPlan {
   int64_t step = 0;  // 0: no fault
+  int rank = -1;     // -1: the engine thread
 };
 
 FaultPlan parse_fault_plan(const char* spec) {
@@ -73,8 +75,8 @@ FaultPlan parse_fault_plan(const char* spec) {
                       "': each item must be key=value (e.g. step=3); got '", item, "'");
     const std::string key = item.substr(0, eq);
     const std::string value = item.substr(eq + 1);
-    LLMCORE_CHECK_ARG(key == "step", "LLMCORE_FAULT_INJECT='", spec, "': unknown key '", key,
-                      "' (known: step)");
+    LLMCORE_CHECK_ARG(key == "step" || key == "rank", "LLMCORE_FAULT_INJECT='", spec, "': unknown key '", key,
+                      "' (known: step, rank)");
     size_t used = 0;
     int64_t n = 0;
     try {
@@ -82,10 +84,16 @@ FaultPlan parse_fault_plan(const char* spec) {
     } catch (const std::exception&) {
       used = 0;
     }
-    LLMCORE_CHECK_ARG(used == value.size() && !value.empty() && n >= 1, "LLMCORE_FAULT_INJECT='", spec,
-                      "': step must be an integer >= 1; got '", value, "'");
-    plan.step = n;
+    const int64_t min = key == "step" ? 1 : 0;
+    LLMCORE_CHECK_ARG(used == value.size() && !value.empty() && n >= min, "LLMCORE_FAULT_INJECT='", spec, "': ",
+                      key, " must be an integer >= ", min, "; got '", value, "'");
+    if (key == "step") {
+      plan.step = n;
+    } else {
+      plan.rank = static_cast<int>(n);
+    }
   }
+  LLMCORE_CHECK_ARG(plan.rank < 0 || plan.step > 0, "LLMCORE_FAULT_INJECT='", spec, "': rank needs a step");
   return plan;
 }
 
@@ -156,6 +164,15 @@ LLMEngine::LLMEngine(const EngineConfig& config) : config_(config), seed_rng_(co
   ec.seed = config.seed;
   ec.block_size = config.block_size;
   ec.num_threads = config.num_threads;
+  ec.tensor_parallel_size = config.tensor_parallel_size;
+  if (const char* timeout = std::getenv("LLMCORE_TP_STEP_TIMEOUT_S")) ec.tp_step_timeout_s = std::atof(timeout);
+  const FaultPlan fault = parse_fault_plan(std::getenv("LLMCORE_FAULT_INJECT"));
+  if (fault.rank >= 0) {
+    LLMCORE_CHECK_ARG(fault.rank < config.tensor_parallel_size, "LLMCORE_FAULT_INJECT: rank ", fault.rank,
+                      " does not exist with tensor_parallel_size ", config.tensor_parallel_size);
+    ec.fault_rank = fault.rank;
+    ec.fault_step = fault.step;
+  }
   const double t_load = now_s();
   executor_ = std::make_unique<Executor>(ec, model_config_);
   startup_times_.load_weights_s = now_s() - t_load;
@@ -168,7 +185,10 @@ LLMEngine::LLMEngine(const EngineConfig& config) : config_(config), seed_rng_(co
                                                   config.max_num_seqs, max_model_len_);
     startup_times_.profile_s = now_s() - t_profile;
   } else if (num_blocks <= 0) {
-    const size_t block_bytes = Executor::kv_block_bytes(model_config_, config.block_size, executor_->kv_dtype());
+    // The budget holds every rank's share of a block.
+    const size_t block_bytes = Executor::kv_block_bytes(model_config_, config.block_size, executor_->kv_dtype(),
+                                                        config.tensor_parallel_size) *
+                               static_cast<size_t>(config.tensor_parallel_size);
     const double budget = config.cpu_kv_cache_space_gib * (1ull << 30);
     const double by_memory = budget / static_cast<double>(block_bytes);
     // More than every seat holding a full-length sequence is never used.
@@ -193,10 +213,9 @@ LLMEngine::LLMEngine(const EngineConfig& config) : config_(config), seed_rng_(co
   sc.enable_chunked_prefill = config.enable_chunked_prefill;
   scheduler_ = std::make_unique<Scheduler>(sc, *block_manager_);
 
-  const FaultPlan fault = parse_fault_plan(std::getenv("LLMCORE_FAULT_INJECT"));
   update_stats();
   thread_ = std::thread([this, fault] {
-    t_fault_plan = fault;
+    if (fault.rank < 0) t_fault_plan = fault;  // else the executor's rank throws
     loop();
   });
 }

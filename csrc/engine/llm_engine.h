@@ -46,6 +46,7 @@ struct EngineConfig {
   std::string load_format = "auto";   // "auto" | "dummy"
   int num_threads = 0;
   bool enforce_eager = false;         // CUDA: no decode CUDA graphs (every step launches its kernels)
+  int tensor_parallel_size = 1;       // ranks (GPUs 0..N-1, or CPU backends splitting the cores)
 };
 
 // One output position's logprobs: the chosen (or prompt) token first, then the top-k not
@@ -142,6 +143,7 @@ class LLMEngine {
   const Tokenizer& tokenizer() const { return *tokenizer_; }
   std::shared_ptr<Tokenizer> shared_tokenizer() const { return tokenizer_; }
   const ModelConfig& model_config() const { return model_config_; }
+  const EngineConfig& config() const { return config_; }
   int max_model_len() const { return max_model_len_; }
   // Decode batch sizes replayed from CUDA graphs (empty on the CPU or with enforce_eager).
   std::vector<int> decode_graph_sizes() const;

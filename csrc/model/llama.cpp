@@ -10,6 +10,8 @@
 #include "core/error.h"
 #include "model/rope.h"
 #include "model/safetensors.h"
+#include "parallel/communicator.h"
+#include "parallel/sharding.h"
 
 namespace llmcore {
 
@@ -145,16 +147,21 @@ Tensor dummy_weight(const std::string& name, const Shape& shape, uint64_t seed) 
 }
 
 LlamaModel::LlamaModel(const ModelConfig& config, const std::string& dir, Backend& backend,
-                       LoadFormat load_format, uint64_t seed)
-    : config_(config), backend_(backend) {
+                       LoadFormat load_format, uint64_t seed, const TensorParallel& tp)
+    : config_(config), backend_(backend), tp_(tp) {
   LLMCORE_CHECK_ARG(config.head_dim > 0 && config.num_key_value_heads > 0 &&
                         config.num_attention_heads % config.num_key_value_heads == 0,
                     "model config: num_attention_heads (", config.num_attention_heads,
                     ") must be a multiple of num_key_value_heads (", config.num_key_value_heads,
                     ") and head_dim (", config.head_dim, ") >= 1");
-  attn_shape_.num_heads = static_cast<int>(config.num_attention_heads);
-  attn_shape_.num_kv_heads = static_cast<int>(config.num_key_value_heads);
+  LLMCORE_CHECK(tp.size == 1 || (tp.comm != nullptr && tp.comm->world_size() == tp.size && tp.comm->rank() == tp.rank),
+                "tensor-parallel rank ", tp.rank, " of ", tp.size, " needs its communicator");
+  const parallel::RankDims dims = parallel::rank_dims(config, tp.size, tp.rank);
+  attn_shape_.num_heads = static_cast<int>(dims.num_heads);
+  attn_shape_.num_kv_heads = static_cast<int>(dims.num_kv_heads);
   attn_shape_.head_dim = static_cast<int>(config.head_dim);
+  intermediate_size_ = dims.intermediate_size;
+  vocab_start_ = dims.vocab_start;
 
   std::map<std::string, Shape> shapes;
   for (const WeightSpec& spec : llama_weight_specs(config_)) shapes[spec.name] = spec.shape;
@@ -163,28 +170,65 @@ LlamaModel::LlamaModel(const ModelConfig& config, const std::string& dir, Backen
     LLMCORE_CHECK(it != shapes.end(), "no spec for ", name);
     return it->second;
   };
+  auto shard_of = [&](const std::string& name) {
+    return parallel::shard_for(config_, name, shape_of(name), tp.size, tp.rank);
+  };
+  // Rows this rank keeps of `name`: its shard's, vocab-parallel tensors padded to dims.vocab_rows.
+  auto rows_of = [&](const std::string& name, const parallel::TensorShard& shard) {
+    const Shape s = parallel::shard_shape(shape_of(name), shard);
+    return parallel::is_vocab_parallel(name) && tp.size > 1 ? dims.vocab_rows : s[0];
+  };
+  // Zeroes rows [from, to) of the device tensor `out` (the vocabulary padding of the last rank).
+  auto zero_rows = [&](Tensor& out, int64_t from, int64_t to) {
+    if (to <= from) return;
+    const int64_t row_elems = out.numel() / out.dim(0);
+    const size_t elem = dtype_size(out.dtype());
+    Shape shape = out.shape();
+    shape[0] = to - from;
+    Tensor zeros = Tensor::empty(shape, out.dtype());
+    std::memset(zeros.data(), 0, zeros.nbytes());
+    Tensor view = Tensor::wrap(static_cast<char*>(out.data()) + from * row_elems * elem, shape, out.dtype(),
+                               out.device());
+    backend_.copy(view, zeros);
+  };
+
   if (load_format == LoadFormat::kDummy) {
-    // Drawn where the weights live: nothing of the model's size is built on the host.
+    // Drawn where the weights live: nothing of the model's size is built on the host. Each rank
+    // draws its slice of the whole tensor's numbers, so the model is the same at every tp.
     load([&](const std::vector<std::string>& names) {
-      Shape shape = shape_of(names[0]);
-      int64_t rows = 0;
-      for (const std::string& n : names) rows += shape_of(n)[0];
-      shape[0] = rows;
+      const Shape full0 = shape_of(names[0]);
       if (names.size() == 1 && is_norm_weight(names[0])) {
-        Tensor ones = Tensor::empty(shape, DType::kF32);
+        Tensor ones = Tensor::empty(full0, DType::kF32);
         std::fill(ones.data_as<float>(), ones.data_as<float>() + ones.numel(), 1.0f);
         return backend_.load_weight(ones);
       }
+      std::vector<parallel::TensorShard> shards;
+      int64_t rows = 0;
+      for (const std::string& n : names) {
+        shards.push_back(shard_of(n));
+        if (shards.back().kind == parallel::TensorShard::kNone) return Tensor();
+        rows += rows_of(n, shards.back());
+      }
+      Shape shape = parallel::shard_shape(full0, shards[0]);
+      shape[0] = rows;
       Tensor out = backend_.empty(shape, backend_.activation_dtype());
       const int64_t row_elems = rows > 0 ? out.numel() / rows : 0;
       const size_t elem = dtype_size(out.dtype());
       int64_t row = 0;
-      for (const std::string& n : names) {
-        Shape part = shape_of(n);
+      for (size_t k = 0; k < names.size(); ++k) {
+        const Shape full = shape_of(names[k]);
+        const parallel::TensorShard& sh = shards[k];
+        const Shape part = parallel::shard_shape(full, sh);
         Tensor view = Tensor::wrap(static_cast<char*>(out.data()) + row * row_elems * elem, part, out.dtype(),
                                    out.device());
-        backend_.fill_dummy(view, dummy_stream(seed, n), kDummyBound);
-        row += part[0];
+        DummyIndex index;
+        int64_t full_row = 1;
+        for (size_t d = 1; d < full.size(); ++d) full_row *= full[d];
+        if (sh.kind == parallel::TensorShard::kRows) index.first = sh.begin * full_row;
+        if (sh.kind == parallel::TensorShard::kColumns) index = {sh.begin, full_row};
+        backend_.fill_dummy(view, dummy_stream(seed, names[k]), kDummyBound, index);
+        zero_rows(out, row + part[0], row + rows_of(names[k], sh));
+        row += rows_of(names[k], sh);
       }
       return out;
     });
@@ -202,10 +246,28 @@ LlamaModel::LlamaModel(const ModelConfig& config, const std::string& dir, Backen
                         "' has dtype ", dtype_name(t.dtype()),
                         ", expected float32, float16 or bfloat16");
     }
+    // This rank's part of a (mmapped) checkpoint tensor: only its slice is read and copied.
+    auto part_of = [&](const std::string& name) {
+      const Tensor full = store.get(name);
+      if (tp.size == 1) return full;
+      const parallel::TensorShard sh = shard_of(name);
+      Tensor part = parallel::take_shard(full, sh);
+      const int64_t want = part.defined() ? rows_of(name, sh) : 0;
+      if (!part.defined() || part.dim(0) == want) return part;
+      Shape padded = part.shape();
+      padded[0] = want;
+      Tensor out = Tensor::empty(padded, part.dtype());
+      std::memset(out.data(), 0, out.nbytes());
+      std::memcpy(out.data(), part.data(), part.nbytes());
+      return out;
+    };
     load([&](const std::vector<std::string>& names) {
-      if (names.size() == 1) return backend_.load_weight(store.get(names[0]));
+      if (names.size() == 1) {
+        const Tensor part = part_of(names[0]);
+        return part.defined() ? backend_.load_weight(part) : Tensor();
+      }
       std::vector<Tensor> parts;
-      for (const std::string& n : names) parts.push_back(store.get(n));
+      for (const std::string& n : names) parts.push_back(part_of(n));
       return backend_.load_weight(concat_rows(parts));
     });
   }
@@ -264,6 +326,12 @@ Tensor LlamaModel::forward(const ForwardInput& input, KVCache& kv_cache) {
 
   const DType act = backend_.activation_dtype();
   const int64_t hd = config_.hidden_size;
+  const bool sharded = tp_.size > 1;
+  // Row-parallel outputs (o_proj, down_proj) and the vocab-parallel embedding hold this rank's
+  // partial sums until the all-reduce.
+  auto all_reduce = [&](Tensor& x) {
+    if (sharded) tp_.comm->all_reduce_sum(x);
+  };
   const float eps = static_cast<float>(config_.rms_norm_eps);
   const float scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(config_.head_dim)));
   const int sliding_window = static_cast<int>(config_.sliding_window);
@@ -273,14 +341,15 @@ Tensor LlamaModel::forward(const ForwardInput& input, KVCache& kv_cache) {
   Tensor residual = backend_.empty({num_tokens, hd}, act);                  // [T, Hd]
   Tensor h = backend_.empty({num_tokens, hd}, act);                         // [T, Hd]
   Tensor qkv = backend_.empty({num_tokens, attn_shape_.qkv_width()}, act);  // [T, (Hq+2Hkv)*D]
-  const int64_t q_width = config_.num_attention_heads * config_.head_dim;
-  Tensor attn = backend_.empty({num_tokens, q_width}, act);                           // [T, Hq*D]
-  Tensor gate_up = backend_.empty({num_tokens, 2 * config_.intermediate_size}, act);  // [T, 2I]
-  Tensor mlp_act = backend_.empty({num_tokens, config_.intermediate_size}, act);      // [T, I]
+  const int64_t q_width = static_cast<int64_t>(attn_shape_.num_heads) * attn_shape_.head_dim;
+  Tensor attn = backend_.empty({num_tokens, q_width}, act);                    // [T, Hq*D]
+  Tensor gate_up = backend_.empty({num_tokens, 2 * intermediate_size_}, act);  // [T, 2I]
+  Tensor mlp_act = backend_.empty({num_tokens, intermediate_size_}, act);      // [T, I]
 
   auto bias = [](const Tensor& b) { return b.defined() ? &b : nullptr; };
 
-  backend_.embedding(residual, input.token_ids, embed_tokens_);
+  backend_.embedding(residual, input.token_ids, embed_tokens_, vocab_start_, config_.vocab_size);
+  all_reduce(residual);
   backend_.rms_norm(h, residual, layers_[0].input_layernorm, eps);
   for (size_t l = 0; l < layers_.size(); ++l) {
     const Layer& layer = layers_[l];
@@ -292,11 +361,13 @@ Tensor LlamaModel::forward(const ForwardInput& input, KVCache& kv_cache) {
     backend_.paged_attention(attn, qkv, kv_cache.k[l], kv_cache.v[l], input.attn, attn_shape_,
                              scale, sliding_window);
     backend_.linear(h, attn, layer.o_proj, bias(layer.o_bias));
+    all_reduce(h);
     backend_.add_rms_norm(h, residual, layer.post_attention_layernorm, eps);
 
     backend_.linear(gate_up, h, layer.gate_up_proj, bias(layer.gate_up_bias));
     backend_.silu_and_mul(mlp_act, gate_up);
     backend_.linear(h, mlp_act, layer.down_proj, bias(layer.down_bias));
+    all_reduce(h);
     const Tensor& next_norm = l + 1 < layers_.size() ? layers_[l + 1].input_layernorm : norm_;
     backend_.add_rms_norm(h, residual, next_norm, eps);
   }
@@ -310,7 +381,13 @@ Tensor LlamaModel::forward(const ForwardInput& input, KVCache& kv_cache) {
   if (num_logits == 0) return logits;                   // a step that only fills the cache
   Tensor rows = backend_.empty({num_logits, hd}, act);  // [L, Hd]
   backend_.gather_rows(rows, h, input.logits_indices);
-  backend_.linear(logits, rows, lm_head_, nullptr);
+  if (!sharded) {
+    backend_.linear(logits, rows, lm_head_, nullptr);
+    return logits;
+  }
+  Tensor part = backend_.empty({num_logits, lm_head_.dim(0)}, DType::kF32);  // [L, Vr]: this rank's ids
+  backend_.linear(part, rows, lm_head_, nullptr);
+  tp_.comm->all_gather_columns(logits, part);
   return logits;
 }
 

@@ -32,10 +32,24 @@ class Model {
 
 enum class LoadFormat { kAuto, kDummy };
 
+namespace parallel {
+class Communicator;
+}
+
+// Which tensor-parallel shard a model instance is (parallel/sharding.h): rank `rank` of `size`,
+// its collectives going through `comm` (unused when size is 1).
+struct TensorParallel {
+  int rank = 0;
+  int size = 1;
+  parallel::Communicator* comm = nullptr;
+};
+
 // Builds the model for config.architecture. kAuto reads safetensors from `dir` (throwing
 // ValueError naming any missing or mis-shaped tensor); kDummy draws random weights of the
-// configured shapes from `seed`.
+// configured shapes from `seed`. With tp.size > 1 the instance holds and reads only rank
+// tp.rank's slices, and its forward pass joins the other ranks' through tp.comm.
 std::unique_ptr<Model> create_model(const ModelConfig& config, const std::string& dir,
-                                    Backend& backend, LoadFormat load_format, uint64_t seed);
+                                    Backend& backend, LoadFormat load_format, uint64_t seed,
+                                    const TensorParallel& tp = {});
 
 }  // namespace llmcore

@@ -62,10 +62,41 @@ TensorShard shard_for(const ModelConfig& c, const std::string& name, const Shape
     LLMCORE_CHECK(shape.size() == 2, name, " must be 2-D");
     return split(TensorShard::kColumns, shape[1], tp, rank);
   }
-  if (name == "model.embed_tokens.weight" || name == "lm_head.weight") {
-    return split(TensorShard::kRows, shape[0], tp, rank);
-  }
+  if (is_vocab_parallel(name)) return split(TensorShard::kRows, shape[0], tp, rank);
   throw_runtime_error("no tensor-parallel rule for checkpoint tensor '", name, "'");
+}
+
+bool is_vocab_parallel(const std::string& name) {
+  return name == "model.embed_tokens.weight" || name == "lm_head.weight";
+}
+
+Shape shard_shape(const Shape& full, const TensorShard& s) {
+  Shape shape = full;
+  switch (s.kind) {
+    case TensorShard::kNone:
+      return {};
+    case TensorShard::kReplicated:
+      return shape;
+    case TensorShard::kRows:
+      shape[0] = s.end - s.begin;
+      return shape;
+    case TensorShard::kColumns:
+      shape[1] = s.end - s.begin;
+      return shape;
+  }
+  return shape;
+}
+
+RankDims rank_dims(const ModelConfig& c, int tp, int rank) {
+  check_tensor_parallel(c, tp);
+  LLMCORE_CHECK(rank >= 0 && rank < tp, "rank ", rank, " of ", tp);
+  RankDims d;
+  d.num_heads = c.num_attention_heads / tp;
+  d.num_kv_heads = c.num_key_value_heads >= tp ? c.num_key_value_heads / tp : 1;
+  d.intermediate_size = c.intermediate_size / tp;
+  d.vocab_rows = (c.vocab_size + tp - 1) / tp;
+  d.vocab_start = d.vocab_rows * rank;
+  return d;
 }
 
 Tensor take_shard(const Tensor& full, const TensorShard& s) {

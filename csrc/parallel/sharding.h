@@ -37,4 +37,22 @@ TensorShard shard_for(const ModelConfig& c, const std::string& name, const Shape
 // (kReplicated: a copy of the whole tensor; kNone: an undefined Tensor).
 Tensor take_shard(const Tensor& full, const TensorShard& shard);
 
+// The shape of `shard` of a tensor of shape `full` (kNone: empty Shape).
+Shape shard_shape(const Shape& full, const TensorShard& shard);
+
+// What one rank computes: its query and KV heads, its part of the MLP, and its vocabulary rows
+// (embed_tokens / lm_head shards are padded to vocab_rows, so every rank's logits have the same
+// width for the all-gather; rows past the vocabulary are zero).
+struct RankDims {
+  int64_t num_heads = 0;
+  int64_t num_kv_heads = 0;
+  int64_t intermediate_size = 0;
+  int64_t vocab_start = 0;  // first vocabulary id of this rank
+  int64_t vocab_rows = 0;   // ceil(vocab_size / tp)
+};
+RankDims rank_dims(const ModelConfig& c, int tp, int rank);
+
+// Whether `name` is a vocab-parallel tensor (embed_tokens, lm_head).
+bool is_vocab_parallel(const std::string& name);
+
 }  // namespace llmcore::parallel

@@ -86,8 +86,9 @@ class LLM:
         if generation_config not in ("auto", "vllm"):
             raise ValueError("generation_config must be 'auto' (use the model's generation_config.json) "
                              f"or 'vllm' (ignore it); got {generation_config!r}")
-        if tensor_parallel_size != 1:
-            raise ValueError(f"tensor_parallel_size must be 1 in this build; got {tensor_parallel_size}")
+        if isinstance(tensor_parallel_size, bool) or not isinstance(tensor_parallel_size, int) \
+                or tensor_parallel_size < 1:
+            raise ValueError(f"tensor_parallel_size must be an integer >= 1; got {tensor_parallel_size!r}")
         if not (0.0 < gpu_memory_utilization <= 1.0):
             raise ValueError(f"gpu_memory_utilization must be in (0, 1]; got {gpu_memory_utilization}")
         for name, value in (("max_model_len", max_model_len), ("max_num_batched_tokens", max_num_batched_tokens),
@@ -118,6 +119,7 @@ class LLM:
             seed=seed,
             load_format=load_format,
             enforce_eager=enforce_eager,
+            tensor_parallel_size=tensor_parallel_size,
         )
         try:
             self._tokenizer = Tokenizer(self.llm_engine.native.tokenizer, os.fspath(tokenizer or model))

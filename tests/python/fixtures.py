@@ -16,6 +16,8 @@ import json
 import os
 import random
 import shutil
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Callable, Dict
@@ -23,6 +25,11 @@ from typing import Callable, Dict
 import torch
 
 VOCAB_SIZE = 512
+# A ChatML template, for tests that serve a tiny checkpoint's chat endpoint.
+CHATML = ("{% for message in messages %}{{'<|im_start|>' + message['role'] + '\\n' + message['content']"
+          " + '<|im_end|>' + '\\n'}}{% endfor %}{% if add_generation_prompt %}{{'<|im_start|>assistant\\n'}}"
+          "{% endif %}")
+
 BOS_ID, EOS_ID, UNK_ID = 1, 2, 0
 
 # Words for the training text; a small closed vocabulary so 512 pieces cover whole words.
@@ -241,6 +248,48 @@ def build_checkpoint(name: str, root: Path, tokenizer_dir: Path) -> Path:
     return out_dir
 
 
+def build_gpu_checkpoint(kind: str, out_dir: Path, tokenizer_dir: Path) -> Path:
+    """The tiny fixtures' architectures at head_dim 32 (the CUDA kernels take head dims 32 to
+    256; real models use 64 or 128) with weights of std 0.05, which keeps logits in the range
+    bf16 tolerances are stated for. `kind`: llama_gqa, llama3_rope, qwen2_tied or
+    mistral_head_dim (all 4 query / 2 KV heads)."""
+    from transformers import (LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM, Qwen2Config,
+                              Qwen2ForCausalLM)
+
+    out_dir, tokenizer_dir = Path(out_dir), Path(tokenizer_dir)
+    common = dict(_COMMON, hidden_size=128, intermediate_size=256)
+    if kind == "llama_gqa":
+        model = LlamaForCausalLM(LlamaConfig(**common, num_attention_heads=4, num_key_value_heads=2,
+                                             rope_parameters={"rope_type": "default", "rope_theta": 10000.0}))
+        dtype = torch.float32
+    elif kind == "llama3_rope":
+        model = LlamaForCausalLM(LlamaConfig(**common, num_attention_heads=4, num_key_value_heads=2,
+                                             rope_parameters={"rope_type": "llama3", "rope_theta": 500000.0,
+                                                              "factor": 8.0, "low_freq_factor": 1.0,
+                                                              "high_freq_factor": 4.0,
+                                                              "original_max_position_embeddings": 64}))
+        dtype = torch.bfloat16
+    elif kind == "qwen2_tied":
+        model = Qwen2ForCausalLM(Qwen2Config(**common, num_attention_heads=4, num_key_value_heads=2,
+                                             tie_word_embeddings=True, use_sliding_window=False,
+                                             rope_parameters={"rope_type": "default", "rope_theta": 10000.0}))
+        dtype = torch.float32
+    elif kind == "mistral_head_dim":  # head_dim 64 != hidden / heads = 32
+        model = MistralForCausalLM(MistralConfig(**common, num_attention_heads=4, num_key_value_heads=2, head_dim=64,
+                                                 sliding_window=None,
+                                                 rope_parameters={"rope_type": "default", "rope_theta": 10000.0}))
+        dtype = torch.float16
+    else:
+        raise ValueError(kind)
+    _randomize_(model, seed=7, std=0.05)
+    if kind == "qwen2_tied":
+        model.tie_weights()
+    _save(model, out_dir, dtype)
+    for f in ("tokenizer.model", "tokenizer_config.json", "special_tokens_map.json"):
+        shutil.copy(tokenizer_dir / f, out_dir / f)
+    return out_dir
+
+
 def load_hf_float32(path: Path):
     """The reference: the checkpoint in float32 on CPU, eager attention, eval mode."""
     from transformers import AutoModelForCausalLM
@@ -363,3 +412,69 @@ def assert_all_blocks_free(llm, timeout_s: float = 10.0) -> dict:
         stats = llm.llm_engine.get_stats()
     assert stats["num_free_blocks"] == stats["num_total_blocks"], f"leaked KV blocks: {stats}"
     return stats
+
+
+# ---------------------------------------------------------------------------------------------
+# Tensor parallelism: a rank that fails on purpose (LLMCORE_FAULT_INJECT) in a child process
+
+# Child process: builds the LLM (kwargs as JSON in argv[2]) on argv[1], then makes one
+# LLM.generate call per prompt from as many threads at once (the requests in flight at the
+# failure), then one more call once those have returned (a request after the failure). Prints one
+# line "RESULT {json}" and exits 3 when every call raised, 0 when one finished without an error.
+_FAULT_SCRIPT = r"""
+import json, sys, threading, time
+import llmcore
+
+llm = llmcore.LLM(model=sys.argv[1], **json.loads(sys.argv[2]))
+params = llmcore.SamplingParams(temperature=0.0, max_tokens=32, ignore_eos=True)
+prompts = ["The cat walks to the house", "A dog", "Numbers like 12, 345 and 6789 appear too.",
+           "The old man remembers the long road after the rain"]
+errors = [None] * (len(prompts) + 1)
+barrier = threading.Barrier(len(prompts))
+
+def call(i, prompt):
+    if i < len(prompts):
+        barrier.wait()
+    try:
+        llm.generate(prompt, params, use_tqdm=False)
+    except Exception as e:
+        errors[i] = {"type": type(e).__name__, "is_runtime_error": isinstance(e, RuntimeError),
+                     "message": str(e), "at": time.monotonic()}
+
+t0 = time.monotonic()
+threads = [threading.Thread(target=call, args=(i, p)) for i, p in enumerate(prompts)]
+for t in threads:
+    t.start()
+for t in threads:
+    t.join()
+call(len(prompts), "One more request")
+healthy = llm.llm_engine.is_healthy()
+t1 = time.monotonic()
+llm.shutdown()
+result = {"errors": errors, "started_at": t0, "healthy_after": healthy,
+          "shutdown_s": time.monotonic() - t1, "done_at": time.monotonic()}
+print("RESULT " + json.dumps(result), flush=True)
+sys.exit(3 if all(errors) else 0)
+"""
+
+
+def run_fault_script(model: Path, fault: str, timeout_s: float, **llm_kwargs) -> dict:
+    """Runs _FAULT_SCRIPT with LLMCORE_FAULT_INJECT=fault in a child Python; fails the test if it
+    is still running after timeout_s (a rank left waiting in a collective). Returns the child's
+    RESULT dict plus returncode, exited_at (time.monotonic(), comparable with the child's
+    times: CLOCK_MONOTONIC is system-wide) and output (its stdout and stderr)."""
+    env = dict(os.environ, LLMCORE_FAULT_INJECT=fault, PYTHONUNBUFFERED="1")
+    cmd = [sys.executable, "-c", _FAULT_SCRIPT, str(model), json.dumps(llm_kwargs)]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, env=env)
+    except subprocess.TimeoutExpired as e:
+        out = [x.decode(errors="replace") if isinstance(x, bytes) else (x or "") for x in (e.stdout, e.stderr)]
+        raise AssertionError(f"LLMCORE_FAULT_INJECT={fault}: the process was still running after {timeout_s} s "
+                             f"(a rank hangs?)\nstdout:\n{out[0]}\nstderr:\n{out[1][-4000:]}") from None
+    exited_at = time.monotonic()
+    output = f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr[-4000:]}"
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+    assert lines, f"LLMCORE_FAULT_INJECT={fault}: no RESULT line (exit code {proc.returncode})\n{output}"
+    result = json.loads(lines[-1][len("RESULT "):])
+    result.update(returncode=proc.returncode, exited_at=exited_at, output=output)
+    return result

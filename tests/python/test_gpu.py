@@ -34,47 +34,8 @@ def _hf_logits_cuda(model, torch, ids):
 GPU_KW = dict(device="cuda", dtype="bfloat16", gpu_memory_utilization=0.3)
 
 
-def _gpu_checkpoint(kind: str, out_dir, tokenizer_dir):
-    """The tiny fixtures' architectures at head_dim 32 (the CUDA kernels take head dims 32 to
-    256; real models use 64 or 128) with weights of std 0.05, which keeps logits in the range
-    bf16 tolerances are stated for."""
-    import shutil
-
-    import torch
-    from transformers import (LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM, Qwen2Config,
-                              Qwen2ForCausalLM)
-
-    common = dict(fixtures._COMMON, hidden_size=128, intermediate_size=256)
-    if kind == "llama_gqa":
-        model = LlamaForCausalLM(LlamaConfig(**common, num_attention_heads=4, num_key_value_heads=2,
-                                             rope_parameters={"rope_type": "default", "rope_theta": 10000.0}))
-        dtype = torch.float32
-    elif kind == "llama3_rope":
-        model = LlamaForCausalLM(LlamaConfig(**common, num_attention_heads=4, num_key_value_heads=2,
-                                             rope_parameters={"rope_type": "llama3", "rope_theta": 500000.0,
-                                                              "factor": 8.0, "low_freq_factor": 1.0,
-                                                              "high_freq_factor": 4.0,
-                                                              "original_max_position_embeddings": 64}))
-        dtype = torch.bfloat16
-    elif kind == "qwen2_tied":
-        model = Qwen2ForCausalLM(Qwen2Config(**common, num_attention_heads=4, num_key_value_heads=2,
-                                             tie_word_embeddings=True, use_sliding_window=False,
-                                             rope_parameters={"rope_type": "default", "rope_theta": 10000.0}))
-        dtype = torch.float32
-    elif kind == "mistral_head_dim":  # head_dim 64 != hidden / heads = 32
-        model = MistralForCausalLM(MistralConfig(**common, num_attention_heads=4, num_key_value_heads=2, head_dim=64,
-                                                 sliding_window=None,
-                                                 rope_parameters={"rope_type": "default", "rope_theta": 10000.0}))
-        dtype = torch.float16
-    else:
-        raise ValueError(kind)
-    fixtures._randomize_(model, seed=7, std=0.05)
-    if kind == "qwen2_tied":
-        model.tie_weights()
-    fixtures._save(model, out_dir, dtype)
-    for f in ("tokenizer.model", "tokenizer_config.json", "special_tokens_map.json"):
-        shutil.copy(tokenizer_dir / f, out_dir / f)
-    return out_dir
+# The tiny checkpoints at head_dim 32 (fixtures.build_gpu_checkpoint; test_gpu_tp.py uses them too).
+_gpu_checkpoint = fixtures.build_gpu_checkpoint
 
 
 class _Engine:

@@ -1,7 +1,7 @@
 """The server's life cycle: SIGTERM/SIGINT drains (in-flight requests finish, new ones get 503 +
 Retry-After, /health 503, exit 0), the drain deadline aborts what remains (each client still gets
 a final chunk or response), the native engine's death (LLMCORE_FAULT_INJECT) fails in-flight
-requests and exits non-zero, --tensor-parallel-size refused cleanly (exit 2), and a non-streamed
+requests and exits non-zero, a --tensor-parallel-size that cannot split the model refused cleanly (exit 2), and a non-streamed
 request whose client hangs up is aborted in the engine.
 
 Signals, exit codes and the CLI run the real `python -m llmcore.server` in a subprocess on the
@@ -382,13 +382,16 @@ def test_non_streamed_request_aborted_when_client_leaves(slow_llm, kind):
 
 
 # -- 4. --tensor-parallel-size ---------------------------------------------------------------------
-def test_tensor_parallel_size_over_1_exits_2_with_a_clear_error(checkpoint, tmp_path):
+def test_tensor_parallel_size_that_cannot_split_the_model_exits_2(checkpoint, tmp_path):
+    """llama_gqa has 4 attention heads: 3 ranks cannot share them. The server exits 2 with the
+    engine's message naming the field (serving with --tensor-parallel-size 2 is tested in
+    test_tensor_parallel.py)."""
     port = str(free_port())
     r = subprocess.run([sys.executable, "-m", "llmcore.server", "--model", str(checkpoint("llama_gqa")),
-                        "--device", "cpu", "--port", port, "--tensor-parallel-size", "2"],
+                        "--device", "cpu", "--port", port, "--tensor-parallel-size", "3"],
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 2, r.stderr
-    assert "error: tensor_parallel_size must be 1" in r.stderr and "got 2" in r.stderr
+    assert "num_attention_heads (4) must be divisible by tensor_parallel_size (3)" in r.stderr, r.stderr
     assert "Traceback" not in r.stderr
 
 

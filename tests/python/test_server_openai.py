@@ -24,9 +24,7 @@ from server_util import serve  # noqa: E402  (needs uvicorn)
 API_KEY = "test-key-123"
 MODEL = "tiny-chat"
 MAX_MODEL_LEN = 512
-CHATML = ("{% for message in messages %}{{'<|im_start|>' + message['role'] + '\\n' + message['content']"
-          " + '<|im_end|>' + '\\n'}}{% endfor %}{% if add_generation_prompt %}{{'<|im_start|>assistant\\n'}}"
-          "{% endif %}")
+CHATML = fixtures.CHATML
 
 
 @pytest.fixture(scope="module")

@@ -46,12 +46,17 @@ class CpuBackend final : public Backend {
 
   void synchronize() override {}
 
-  void fill_dummy(Tensor& out, uint64_t stream, float bound) override {
+  void fill_dummy(Tensor& out, uint64_t stream, float bound, const DummyIndex& index) override {
     out.check("fill_dummy out", DType::kF32, out.shape());
     float* data = out.data_as<float>();
     const int64_t n = out.numel();
+    const int64_t cols = out.ndim() == 0 || out.dim(0) == 0 ? n : n / out.dim(0);
+    const int64_t stride = index.row_stride < 0 ? cols : index.row_stride;
 #pragma omp parallel for schedule(static) num_threads(num_threads_)
-    for (int64_t i = 0; i < n; ++i) data[i] = dummy_value(stream, static_cast<uint64_t>(i), bound);
+    for (int64_t i = 0; i < n; ++i) {
+      const int64_t src = index.first + (cols ? i / cols * stride + i % cols : 0);
+      data[i] = dummy_value(stream, static_cast<uint64_t>(src), bound);
+    }
   }
 
   Tensor load_weight(const Tensor& host) override {
@@ -78,8 +83,9 @@ class CpuBackend final : public Backend {
     return out;
   }
 
-  void embedding(Tensor& out, const Tensor& token_ids, const Tensor& table) override {
-    cpu::embedding(out, token_ids, table, num_threads_);
+  void embedding(Tensor& out, const Tensor& token_ids, const Tensor& table, int64_t vocab_start,
+                 int64_t vocab_size) override {
+    cpu::embedding(out, token_ids, table, vocab_start, vocab_size, num_threads_);
   }
   void rms_norm(Tensor& out, const Tensor& x, const Tensor& weight, float eps) override {
     cpu::rms_norm(out, x, weight, eps, num_threads_);

@@ -27,22 +27,30 @@ void check_indices(const int32_t* idx, int64_t n, int64_t limit, const char* wha
 
 }  // namespace
 
-void embedding(Tensor& out, const Tensor& token_ids, const Tensor& table, int num_threads) {
+void embedding(Tensor& out, const Tensor& token_ids, const Tensor& table, int64_t vocab_start, int64_t vocab_size,
+               int num_threads) {
   check_cpu_matrix(table, "embedding table");
-  const int64_t vocab = table.dim(0), hidden = table.dim(1);
+  const int64_t rows = table.dim(0), hidden = table.dim(1);
+  LLMCORE_CHECK(vocab_start >= 0 && vocab_size >= 0, "embedding vocab_start ", vocab_start, ", vocab_size ",
+                vocab_size);
   LLMCORE_CHECK(token_ids.ndim() == 1, "token_ids must be 1-D, got ", shape_str(token_ids.shape()));
   const int64_t num_tokens = token_ids.dim(0);
   check_cpu(token_ids, "token_ids", DType::kI32, {num_tokens});
   check_cpu(out, "embedding out", DType::kF32, {num_tokens, hidden});
   const int32_t* ids = token_ids.data_as<int32_t>();
-  check_indices(ids, num_tokens, vocab, "token_ids");
+  check_indices(ids, num_tokens, vocab_size, "token_ids");
 
-  const float* src = table.data_as<float>();  // [V, Hd]
+  const float* src = table.data_as<float>();  // [Vr, Hd]: ids [vocab_start, vocab_start + Vr)
   float* dst = out.data_as<float>();          // [T, Hd]
 #pragma omp parallel for schedule(static) num_threads(num_threads)
-  for (int64_t t = 0; t < num_tokens; ++t)
-    std::memcpy(dst + t * hidden, src + static_cast<int64_t>(ids[t]) * hidden,
-                static_cast<size_t>(hidden) * sizeof(float));
+  for (int64_t t = 0; t < num_tokens; ++t) {
+    const int64_t local = static_cast<int64_t>(ids[t]) - vocab_start;
+    if (local < 0 || local >= rows) {
+      std::memset(dst + t * hidden, 0, static_cast<size_t>(hidden) * sizeof(float));  // another rank's id
+    } else {
+      std::memcpy(dst + t * hidden, src + local * hidden, static_cast<size_t>(hidden) * sizeof(float));
+    }
+  }
 }
 
 void rms_norm(Tensor& out, const Tensor& x, const Tensor& weight, float eps, int num_threads) {

@@ -51,7 +51,8 @@ inline void check_kv_cache_layer(const Tensor& k_cache, const Tensor& v_cache,
 // --- cpu_elementwise.cpp: row-wise ops -------------------------------------------------------
 
 // out [T, Hd] = table [V, Hd] rows picked by token_ids [T] int32.
-void embedding(Tensor& out, const Tensor& token_ids, const Tensor& table, int num_threads);
+void embedding(Tensor& out, const Tensor& token_ids, const Tensor& table, int64_t vocab_start, int64_t vocab_size,
+               int num_threads);
 // out [T, Hd] = x / rms(x) * weight [Hd]; out may alias x.
 void rms_norm(Tensor& out, const Tensor& x, const Tensor& weight, float eps, int num_threads);
 // residual [T, Hd] += x [T, Hd]; x = rms_norm(residual) * weight [Hd].

@@ -169,9 +169,10 @@ Tensor CudaBackend::load_weight(const Tensor& host) {
   return out;
 }
 
-void CudaBackend::embedding(Tensor& out, const Tensor& token_ids, const Tensor& table) {
+void CudaBackend::embedding(Tensor& out, const Tensor& token_ids, const Tensor& table, int64_t vocab_start,
+                            int64_t vocab_size) {
   cuda::DeviceGuard guard(device_);
-  kernels::embedding(out, token_ids, table, error_word_, stream_);
+  kernels::embedding(out, token_ids, table, vocab_start, vocab_size, error_word_, stream_);
 }
 
 void CudaBackend::rms_norm(Tensor& out, const Tensor& x, const Tensor& weight, float eps) {
@@ -225,9 +226,9 @@ void CudaBackend::gather_rows(Tensor& out, const Tensor& x, const Tensor& indice
   kernels::gather_rows(out, x, indices, error_word_, stream_);
 }
 
-void CudaBackend::fill_dummy(Tensor& out, uint64_t stream, float bound) {
+void CudaBackend::fill_dummy(Tensor& out, uint64_t stream, float bound, const DummyIndex& index) {
   cuda::DeviceGuard guard(device_);
-  kernels::fill_dummy(out, stream, bound, stream_);
+  kernels::fill_dummy(out, stream, bound, index.first, index.row_stride, stream_);
 }
 
 void CudaBackend::copy_kv_blocks(KVCache& cache, const std::vector<std::pair<int, int>>& src_dst) {

@@ -47,7 +47,8 @@ class CudaBackend final : public Backend {
   void synchronize() override;
   Tensor load_weight(const Tensor& host) override;
 
-  void embedding(Tensor& out, const Tensor& token_ids, const Tensor& table) override;
+  void embedding(Tensor& out, const Tensor& token_ids, const Tensor& table, int64_t vocab_start,
+                 int64_t vocab_size) override;
   void rms_norm(Tensor& out, const Tensor& x, const Tensor& weight, float eps) override;
   void add_rms_norm(Tensor& x, Tensor& residual, const Tensor& weight, float eps) override;
   void linear(Tensor& out, const Tensor& x, const Tensor& weight, const Tensor* bias) override;
@@ -61,7 +62,7 @@ class CudaBackend final : public Backend {
   void silu_and_mul(Tensor& out, const Tensor& x) override;
   void gather_rows(Tensor& out, const Tensor& x, const Tensor& indices) override;
   void copy_kv_blocks(KVCache& cache, const std::vector<std::pair<int, int>>& src_dst) override;
-  void fill_dummy(Tensor& out, uint64_t stream, float bound) override;
+  void fill_dummy(Tensor& out, uint64_t stream, float bound, const DummyIndex& index) override;
 
   // --- CUDA-specific -----------------------------------------------------------------------------
   int device_index() const { return device_; }

@@ -43,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="split long prompts over steps (default: on)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--tensor-parallel-size", "-tp", type=int, default=1,
-                   help="GPUs to shard the model over (this build: 1)")
+                   help="ranks to shard the model over: GPUs 0..N-1 (or CPU ranks with --device cpu)")
     p.add_argument("--shutdown-timeout", type=float, default=30.0,
                    help="seconds SIGTERM/SIGINT waits for requests in flight (new ones get 503) before "
                         "aborting what remains and exiting (default: 30)")

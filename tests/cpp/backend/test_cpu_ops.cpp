@@ -99,11 +99,25 @@ TEST(CpuBackend, EmbeddingAndGatherRows) {
   const Tensor table = random_f32({50, 24}, rng);
   const std::vector<int32_t> ids = {49, 0, 7, 7, 23, 1, 48, 0, 12, 33, 2, 45, 19};
   Tensor out = poisoned_f32({13, 24});
-  be->embedding(out, int_tensor(ids), table);
+  be->embedding(out, int_tensor(ids), table, 0, 50);
   for (size_t t = 0; t < ids.size(); ++t)
     EXPECT_EQ(std::memcmp(f32(out) + t * 24, f32(table) + ids[t] * 24, 24 * 4), 0) << t;
-  EXPECT_THROW(be->embedding(out, int_tensor(std::vector<int32_t>(13, 50)), table), Error);
-  EXPECT_THROW(be->embedding(out, int_tensor(std::vector<int32_t>(13, -1)), table), Error);
+  EXPECT_THROW(be->embedding(out, int_tensor(std::vector<int32_t>(13, 50)), table, 0, 50), Error);
+  EXPECT_THROW(be->embedding(out, int_tensor(std::vector<int32_t>(13, -1)), table, 0, 50), Error);
+
+  // A vocab-parallel shard: rows 20..39 of the table hold ids 20..39 of a 50-id vocabulary; other
+  // ids give zero rows, ids outside the vocabulary are still errors.
+  const Tensor shard = Tensor::wrap(const_cast<float*>(f32(table)) + 20 * 24, {20, 24}, DType::kF32);
+  Tensor part = poisoned_f32({13, 24});
+  be->embedding(part, int_tensor(ids), shard, 20, 50);
+  for (size_t t = 0; t < ids.size(); ++t) {
+    if (ids[t] >= 20 && ids[t] < 40) {
+      EXPECT_EQ(std::memcmp(f32(part) + t * 24, f32(table) + ids[t] * 24, 24 * 4), 0) << t;
+    } else {
+      for (int c = 0; c < 24; ++c) EXPECT_EQ(f32(part)[t * 24 + c], 0.0f) << t;
+    }
+  }
+  EXPECT_THROW(be->embedding(part, int_tensor(std::vector<int32_t>(13, 50)), shard, 20, 50), Error);
 
   const Tensor x = random_f32({10, 7}, rng);
   const std::vector<int32_t> rows = {9, 0, 0, 4};

@@ -241,7 +241,7 @@ TEST(CudaBackendErrors, BadDeviceIndicesAreReportedAtTheNextSync) {
   const Tensor table = upload_as(*be, table_host, DType::kBF16);
   const Tensor ids = upload(*be, int_tensor({1, 10, 2}));  // 10 is outside [0, 10)
   Tensor out = poisoned(*be, {3, 16}, DType::kBF16);
-  be->embedding(out, ids, table);
+  be->embedding(out, ids, table, 0, 10);
   EXPECT_THROW(be->synchronize(), Error);
   be->synchronize();  // the error word was cleared: no second report
   const Tensor got = download_f32(*be, out);
@@ -251,7 +251,7 @@ TEST(CudaBackendErrors, BadDeviceIndicesAreReportedAtTheNextSync) {
     EXPECT_EQ(got.data_as<float>()[32 + i], table_host.data_as<float>()[32 + i]);
   }
   // The same report comes with a device -> host copy.
-  be->embedding(out, upload(*be, int_tensor({-1, 0, 0})), table);
+  be->embedding(out, upload(*be, int_tensor({-1, 0, 0})), table, 0, 10);
   Tensor host = Tensor::empty({3, 16}, DType::kBF16);
   EXPECT_THROW(be->copy(host, out), Error);
   be->synchronize();

@@ -38,11 +38,18 @@ TEST(CudaOps, EmbeddingMatchesCpuBitwise) {
         const Tensor table = random_rounded({vocab, hidden}, dt, rng);
         const Tensor ids = int_tensor(random_ids(tokens, vocab, rng));
         Tensor want = Tensor::empty({tokens, hidden}, DType::kF32);
-        cpu->embedding(want, ids, table);
+        cpu->embedding(want, ids, table, 0, vocab);
         Tensor out = poisoned(*be, {tokens, hidden}, dt);
-        be->embedding(out, upload(*be, ids), upload_as(*be, table, dt));
+        be->embedding(out, upload(*be, ids), upload_as(*be, table, dt), 0, vocab);
         EXPECT_TRUE(same_bits(download_f32(*be, out), want))
             << short_name(dt) << " hidden " << hidden << " tokens " << tokens;
+        // A vocab-parallel shard holding ids [20, 37): other ids give zero rows, as on the CPU.
+        const Tensor shard_host = Tensor::wrap(const_cast<float*>(table.data_as<float>()) + 20 * hidden,
+                                               {17, hidden}, DType::kF32);
+        cpu->embedding(want, ids, shard_host, 20, vocab);
+        be->embedding(out, upload(*be, ids), upload_as(*be, shard_host, dt), 20, vocab);
+        EXPECT_TRUE(same_bits(download_f32(*be, out), want))
+            << short_name(dt) << " shard, hidden " << hidden << " tokens " << tokens;
       }
     }
   }
@@ -251,17 +258,27 @@ TEST(CudaOps, FillDummyMatchesCpuBitwise) {
     for (int64_t n : {int64_t{1}, int64_t{1000}, int64_t{3} << 20}) {
       for (uint64_t stream : {uint64_t{0}, uint64_t{0x9d1f23a55ull}}) {
         Tensor want = Tensor::empty({n}, DType::kF32);
-        cpu->fill_dummy(want, stream, 0.5f);
+        cpu->fill_dummy(want, stream, 0.5f, {});
         for (int64_t i = 0; i < n; ++i) want.data_as<float>()[i] = round_to(want.data_as<float>()[i], dt);
         Tensor whole = poisoned(*be, {n + 8}, dt);
         Tensor view = Tensor::wrap(static_cast<char*>(whole.data()) + 8 * dtype_size(dt), {n}, dt, Device::kCUDA);
-        be->fill_dummy(view, stream, 0.5f);
+        be->fill_dummy(view, stream, 0.5f, {});
         const Tensor got = download_f32(*be, whole);
         Tensor got_view = Tensor::wrap(got.data_as<float>() + 8, {n}, DType::kF32);
         EXPECT_TRUE(same_bits(got_view, want)) << short_name(dt) << " n " << n << " stream " << stream;
         for (int i = 0; i < 8; ++i) EXPECT_TRUE(std::isnan(got.data_as<float>()[i])) << "wrote before the view";
       }
     }
+    // A column slice [5, 5 + 7) of a [6, 19] tensor drawn on its own holds the whole tensor's
+    // numbers (tensor-parallel shards of dummy weights), as the CPU twin draws them.
+    Tensor whole_cpu = Tensor::empty({6, 19}, DType::kF32);
+    cpu->fill_dummy(whole_cpu, 77, 0.5f, {});
+    Tensor cols = be->empty({6, 7}, dt);
+    be->fill_dummy(cols, 77, 0.5f, {5, 19});
+    const Tensor got = download_f32(*be, cols);
+    for (int r = 0; r < 6; ++r)
+      for (int c = 0; c < 7; ++c)
+        EXPECT_EQ(got.data_as<float>()[r * 7 + c], round_to(whole_cpu.data_as<float>()[r * 19 + 5 + c], dt));
   }
 }
 
