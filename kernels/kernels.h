@@ -83,6 +83,30 @@ void write_kv_cache(const Tensor& qkv, Tensor& k_cache, Tensor& v_cache, const T
 void copy_kv_blocks(const std::vector<Tensor*>& layers,
                     const std::vector<std::pair<int, int>>& src_dst, cudaStream_t stream);
 
+// --- comm/one_shot_all_reduce.cu ------------------------------------------------------------------
+
+constexpr int kOneShotMaxRanks = 8;
+constexpr int kOneShotMaxBlocks = 36;
+
+// The peer-memory state of one rank of a one-shot all-reduce group (all ranks' pointers are
+// device pointers readable from every GPU of the group: peer access is on).
+struct OneShotAllReduce {
+  int world = 0;
+  int rank = 0;
+  void* buffers[2][kOneShotMaxRanks] = {};  // [phase][rank]: each rank's staging, buffer_bytes each
+  uint32_t* flags[kOneShotMaxRanks] = {};   // [rank]: its flags [kOneShotMaxBlocks][kOneShotMaxRanks]
+  uint32_t* counters = nullptr;             // this rank's epoch per block [kOneShotMaxBlocks]
+  int* error = nullptr;                     // mapped host word the host reads: 1 = a peer timed out
+  int* failed = nullptr;                    // device copy of it, read by every call (no host reads)
+  size_t buffer_bytes = 0;
+  uint64_t timeout_ns = 0;                  // a block gives up waiting for a peer after this
+};
+
+// x (bf16, fp16 or f32, on this rank's GPU) = the sum over ranks of x, in rank order. Returns
+// false (doing nothing) when x does not fit the staging buffers or is not 16-byte sized and
+// aligned; the caller then uses another all-reduce.
+bool one_shot_all_reduce(Tensor& x, const OneShotAllReduce& params, cudaStream_t stream);
+
 // --- common/fill_dummy.cu ------------------------------------------------------------------------
 
 // out (f32, bf16 or fp16, any shape) = dummy_value(stream, index, bound) per element

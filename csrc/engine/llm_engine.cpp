@@ -281,8 +281,9 @@ void LLMEngine::add_request(const std::string& request_id, std::vector<int32_t> 
   req->seqs.push_back(std::move(st));
   {
     std::lock_guard<std::mutex> lk(in_mu_);
-    LLMCORE_CHECK_ARG(healthy_.load(), "the engine has stopped after an error: ", error_);
-    LLMCORE_CHECK_ARG(!stop_, "the engine is shut down");
+    // Not the request's fault: RuntimeError (the Python layer's EngineDeadError), not ValueError.
+    if (!healthy_.load()) throw_runtime_error("the engine has stopped after an error: ", error_);
+    if (stop_) throw_runtime_error("the engine is shut down");
     LLMCORE_CHECK_ARG(live_ids_.insert(request_id).second, "request_id '", request_id, "' is already in use");
     pending_.push_back(std::move(req));
   }

@@ -240,8 +240,9 @@ def test_llama3_70b_shape_dummy_loads_and_generates(llmcore):
     prompts = [{"prompt_token_ids": rng.integers(0, config["vocab_size"], size=n).tolist()} for n in (32, 200)]
     params = llmcore.SamplingParams(temperature=0.0, max_tokens=8, ignore_eos=True, logprobs=2, detokenize=False)
     # No prefix caching: the second run computes the same steps, so it must give the same bits. (With
-    # a prefix hit the steps differ, and above 2 ranks NCCL's all-reduce order depends on the message
-    # size: not batch-invariant; on dummy weights' near-uniform logits greedy picks can then flip.)
+    # a prefix hit the steps differ; above 2 ranks, all-reduces over 8 MiB go through NCCL, whose
+    # summation order depends on the message size, and on dummy weights' near-uniform logits a
+    # greedy pick can flip.)
     with engine(llmcore, model, tp, load_format="dummy", tokenizer=str(TINY_TOKENIZER), max_model_len=2048,
                 gpu_memory_utilization=0.92, enable_prefix_caching=False) as llm:
         assert llm.llm_engine.native.tensor_parallel_size == tp

@@ -5,13 +5,112 @@
 #include <nccl.h>
 
 #include <chrono>
+#include <cstdlib>
+#include <string>
 #include <cstdio>
 #include <thread>
 
 #include "kernels/common/cuda_check.h"
+#include "kernels/kernels.h"
 
 namespace llmcore {
 namespace {
+
+// The one-shot all-reduce's device memory on every GPU of the group (kernels.h): two staging
+// buffers, the flag array and the epoch counters per rank, and an error word each rank's host
+// reads without a copy (mapped pinned memory). Null from create() when some GPU pair has no peer
+// access or LLMCORE_CUSTOM_ALL_REDUCE=0: NCCL then does every all-reduce.
+class OneShotGroup {
+ public:
+  static std::shared_ptr<OneShotGroup> create(const std::vector<CudaBackend*>& backends) {
+    const int world = static_cast<int>(backends.size());
+    const char* env = std::getenv("LLMCORE_CUSTOM_ALL_REDUCE");
+    if (world < 2 || world > kernels::kOneShotMaxRanks || (env != nullptr && std::string(env) == "0")) return nullptr;
+    for (int i = 0; i < world; ++i) {
+      for (int j = 0; j < world; ++j) {
+        int can = 0;
+        if (i != j && (cudaDeviceCanAccessPeer(&can, backends[i]->device_index(), backends[j]->device_index()) !=
+                           cudaSuccess || !can)) {
+          return nullptr;
+        }
+      }
+    }
+    auto g = std::shared_ptr<OneShotGroup>(new OneShotGroup());
+    g->params_.resize(world);
+    for (int i = 0; i < world; ++i) {
+      cuda::DeviceGuard guard(backends[i]->device_index());
+      for (int j = 0; j < world; ++j) {
+        if (i == j) continue;
+        const cudaError_t e = cudaDeviceEnablePeerAccess(backends[j]->device_index(), 0);
+        if (e == cudaErrorPeerAccessAlreadyEnabled) {
+          cudaGetLastError();
+        } else {
+          LLMCORE_CUDA_CHECK(e);
+        }
+      }
+    }
+    const size_t flag_bytes = sizeof(uint32_t) * kernels::kOneShotMaxBlocks * kernels::kOneShotMaxRanks;
+    const size_t counter_bytes = sizeof(uint32_t) * kernels::kOneShotMaxBlocks;
+    for (int r = 0; r < world; ++r) {
+      cuda::DeviceGuard guard(backends[r]->device_index());
+      kernels::OneShotAllReduce& p = g->params_[r];
+      p.world = world;
+      p.rank = r;
+      p.buffer_bytes = kBufferBytes;
+      p.timeout_ns = kTimeoutNs;
+      for (int phase = 0; phase < 2; ++phase) p.buffers[phase][r] = g->device_alloc(kBufferBytes);
+      p.flags[r] = static_cast<uint32_t*>(g->device_alloc(flag_bytes));
+      p.counters = static_cast<uint32_t*>(g->device_alloc(counter_bytes));
+      p.failed = static_cast<int*>(g->device_alloc(sizeof(int)));
+      LLMCORE_CUDA_CHECK(cudaMemset(p.failed, 0, sizeof(int)));
+      LLMCORE_CUDA_CHECK(cudaMemset(p.flags[r], 0, flag_bytes));
+      LLMCORE_CUDA_CHECK(cudaMemset(p.counters, 0, counter_bytes));
+      int* host = nullptr;
+      LLMCORE_CUDA_CHECK(cudaHostAlloc(&host, sizeof(int), cudaHostAllocMapped | cudaHostAllocPortable));
+      *host = 0;
+      g->host_errors_.push_back(host);
+      LLMCORE_CUDA_CHECK(cudaHostGetDevicePointer(reinterpret_cast<void**>(&p.error), host, 0));
+    }
+    for (int r = 0; r < world; ++r) {  // everyone's pointers in everyone's parameters
+      for (int q = 0; q < world; ++q) {
+        g->params_[r].buffers[0][q] = g->params_[q].buffers[0][q];
+        g->params_[r].buffers[1][q] = g->params_[q].buffers[1][q];
+        g->params_[r].flags[q] = g->params_[q].flags[q];
+      }
+    }
+    return g;
+  }
+
+  ~OneShotGroup() {
+    for (const auto& [device, ptr] : allocations_) {
+      cuda::DeviceGuard guard(device);
+      cudaFree(ptr);
+    }
+    for (int* h : host_errors_) cudaFreeHost(h);
+  }
+
+  const kernels::OneShotAllReduce& params(int rank) const { return params_[rank]; }
+  bool failed(int rank) const { return *reinterpret_cast<volatile int*>(host_errors_[rank]) != 0; }
+
+  // 8 MiB per phase: a decode step of 512 sequences at hidden size 8192 in bf16.
+  static constexpr size_t kBufferBytes = size_t{8} << 20;
+  static constexpr uint64_t kTimeoutNs = uint64_t{30} * 1000 * 1000 * 1000;
+
+ private:
+  OneShotGroup() = default;
+  void* device_alloc(size_t bytes) {
+    void* p = nullptr;
+    LLMCORE_CUDA_CHECK(cudaMalloc(&p, bytes));
+    int device = 0;
+    cudaGetDevice(&device);
+    allocations_.emplace_back(device, p);
+    return p;
+  }
+
+  std::vector<kernels::OneShotAllReduce> params_;
+  std::vector<std::pair<int, void*>> allocations_;
+  std::vector<int*> host_errors_;
+};
 
 #define LLMCORE_NCCL_CHECK(expr)                                                                  \
   do {                                                                                            \
@@ -36,14 +135,16 @@ ncclDataType_t nccl_dtype(DType t) {
 class NcclCommunicator final : public parallel::Communicator {
  public:
   NcclCommunicator(std::shared_ptr<parallel::GroupState> group, std::shared_ptr<std::atomic<bool>> nccl_aborted,
-                   ncclComm_t comm, CudaBackend& backend, int rank, int world, double step_timeout_s)
+                   std::shared_ptr<OneShotGroup> one_shot, ncclComm_t comm, CudaBackend& backend, int rank, int world,
+                   double step_timeout_s)
       : Communicator(std::move(group)),
         comm_(comm),
         backend_(backend),
         rank_(rank),
         world_(world),
         step_timeout_s_(step_timeout_s),
-        nccl_aborted_(std::move(nccl_aborted)) {
+        nccl_aborted_(std::move(nccl_aborted)),
+        one_shot_(std::move(one_shot)) {
     cuda::DeviceGuard guard(backend_.device_index());
     LLMCORE_CUDA_CHECK(cudaEventCreateWithFlags(&done_, cudaEventDisableTiming));
   }
@@ -69,6 +170,8 @@ class NcclCommunicator final : public parallel::Communicator {
   void all_reduce_sum(Tensor& x) override {
     check_usable(x, "all_reduce_sum x");
     cuda::DeviceGuard guard(backend_.device_index());
+    // Small messages (decode steps): the one-shot peer-memory kernel, rank-ordered sums.
+    if (one_shot_ && kernels::one_shot_all_reduce(x, one_shot_->params(rank_), backend_.stream())) return;
     LLMCORE_NCCL_CHECK(ncclAllReduce(x.data(), x.data(), static_cast<size_t>(x.numel()), nccl_dtype(x.dtype()), ncclSum,
                                      comm_, backend_.stream()));
   }
@@ -135,6 +238,10 @@ class NcclCommunicator final : public parallel::Communicator {
         std::this_thread::sleep_for(std::chrono::microseconds(100));
       }
     }
+    if (one_shot_ && one_shot_->failed(rank_)) {
+      abort(str_cat("rank ", rank_, ": a peer did not reach a one-shot all-reduce within ",
+                    OneShotGroup::kTimeoutNs / 1000000000, " s"));
+    }
     group_->check(rank_);
     backend_.synchronize();  // reports kernel-detected index errors of this rank
   }
@@ -172,6 +279,7 @@ class NcclCommunicator final : public parallel::Communicator {
   cudaEvent_t done_ = nullptr;
   bool comm_aborted_ = false;
   std::shared_ptr<std::atomic<bool>> nccl_aborted_;  // shared by the group: some rank called ncclCommAbort
+  std::shared_ptr<OneShotGroup> one_shot_;           // null: NCCL does every all-reduce
 };
 
 }  // namespace
@@ -186,9 +294,10 @@ std::vector<std::unique_ptr<parallel::Communicator>> create_nccl_communicators(
   LLMCORE_NCCL_CHECK(ncclCommInitAll(comms.data(), world, devices.data()));
   auto group = std::make_shared<parallel::GroupState>();
   auto nccl_aborted = std::make_shared<std::atomic<bool>>(false);
+  std::shared_ptr<OneShotGroup> one_shot = OneShotGroup::create(backends);
   std::vector<std::unique_ptr<parallel::Communicator>> out;
   for (int r = 0; r < world; ++r) {
-    out.push_back(std::make_unique<NcclCommunicator>(group, nccl_aborted, comms[r], *backends[r], r, world,
+    out.push_back(std::make_unique<NcclCommunicator>(group, nccl_aborted, one_shot, comms[r], *backends[r], r, world,
                                                      step_timeout_s));
   }
   return out;
