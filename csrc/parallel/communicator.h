@@ -7,9 +7,9 @@
 // Across hosts a communicator would be made from an exchanged NCCL unique id (README.md); nothing
 // above this interface changes.
 //
-// Failure: a rank that throws calls abort(). Every rank's pending and later collectives and
-// synchronize() then throw GroupAborted instead of waiting for the failed rank, so no thread
-// hangs in a collective.
+// Failure: a rank that throws calls abort(). Every rank's later collectives and synchronize()
+// then throw GroupAborted instead of waiting for the failed rank; a rank whose already-enqueued
+// collectives wait for it cuts them short in synchronize(), so no thread hangs in a collective.
 #pragma once
 
 #include <atomic>
@@ -58,11 +58,11 @@ class Communicator {
   // n * world_size >= N > n * (world_size - 1).
   virtual void all_gather_columns(Tensor& out, const Tensor& in) = 0;
   // Waits until this rank's queued work (its collectives included) has finished; throws
-  // GroupAborted (after cutting its own collectives short) when the group is aborted meanwhile,
-  // or when the work takes longer than the group's step timeout (a hung rank).
+  // GroupAborted when the group was aborted (first cutting this rank's collectives short if they
+  // still wait for a failed peer), or aborts the group when the work takes longer than the step
+  // timeout (a hung rank).
   virtual void synchronize() = 0;
-  // Marks the group failed with `reason` and cuts this rank's collectives short. Call it from the
-  // thread that drives this rank.
+  // Marks the group failed with `reason`. Call it from the thread that drives this rank.
   virtual void abort(const std::string& reason) = 0;
 
   GroupState& group() { return *group_; }

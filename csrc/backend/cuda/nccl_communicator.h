@@ -1,6 +1,8 @@
 // NcclCommunicator: parallel/communicator.h over NCCL, one communicator per GPU of this process
 // (ncclCommInitAll). Collectives are enqueued on the rank's CudaBackend stream, so they order
-// with its kernels and CUDA graphs capture them. Built when NCCL is found (LLMCORE_WITH_NCCL).
+// with its kernels and CUDA graphs capture them. All-reduces of up to 8 MiB use the one-shot
+// peer-memory kernel (kernels/comm) when every GPU pair has peer access, unless
+// LLMCORE_CUSTOM_ALL_REDUCE=0. Built when NCCL is found (LLMCORE_WITH_NCCL).
 #pragma once
 
 #ifdef LLMCORE_WITH_NCCL
