@@ -191,19 +191,20 @@ def create_app(llm: LLM, served_model_names: Optional[Sequence[str]] = None, api
         return ModelList(data=[ModelCard(id=name, root=model_path or name, max_model_len=serving.max_model_len)
                                for name in names])
 
-    @app.post("/v1/completions", responses=_generation_responses(CompletionResponse))
-    async def completions(req: CompletionRequest, raw: Request):
-        result = await cancel_on_disconnect(raw, serving.create_completion(req))
-        if req.stream:
+    async def respond(raw: Request, stream: bool, work):
+        """The generation's result as SSE (a stream) or JSON; a client that hangs up aborts it."""
+        result = await cancel_on_disconnect(raw, work)
+        if stream:
             return StreamingResponse(result, media_type="text/event-stream")
         return JSONResponse(content=result.model_dump())
 
+    @app.post("/v1/completions", responses=_generation_responses(CompletionResponse))
+    async def completions(req: CompletionRequest, raw: Request):
+        return await respond(raw, req.stream, serving.create_completion(req))
+
     @app.post("/v1/chat/completions", responses=_generation_responses(ChatCompletionResponse))
     async def chat_completions(req: ChatCompletionRequest, raw: Request):
-        result = await cancel_on_disconnect(raw, serving.create_chat_completion(req))
-        if req.stream:
-            return StreamingResponse(result, media_type="text/event-stream")
-        return JSONResponse(content=result.model_dump())
+        return await respond(raw, req.stream, serving.create_chat_completion(req))
 
     @app.post("/tokenize", response_model=TokenizeResponse, responses=_ERROR_RESPONSES)
     async def tokenize(req: TokenizeRequest) -> TokenizeResponse:

@@ -221,10 +221,7 @@ class OpenAIServing:
         if req.stream:
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
             return self._stream_completion(req, run, rid, created, prompts_text, include_usage)
-        try:
-            finals = await run.finals()
-        finally:
-            run.abort()
+        finals = await run.finals()
         choices = []
         for i, final in enumerate(finals):
             for o in final.outputs:
@@ -356,10 +353,7 @@ class OpenAIServing:
         if req.stream:
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
             return self._stream_chat(req, run, rid, created, top_k, include_usage)
-        try:
-            finals = await run.finals()
-        finally:
-            run.abort()
+        finals = await run.finals()
         choices = [
             ChatCompletionChoice(
                 index=o.index, message=ChatResponseMessage(content=o.text),
@@ -462,9 +456,14 @@ class _Run:
             self.abort()
 
     async def finals(self) -> List[RequestOutput]:
+        """Every request's last output. Cancelled (the client went away) or failing, it aborts what
+        has not finished: the outputs() generator's own cleanup runs only when it is closed."""
         last: List[Optional[RequestOutput]] = list(self.firsts)
-        async for i, out in self.outputs():
-            last[i] = out
+        try:
+            async for i, out in self.outputs():
+                last[i] = out
+        finally:
+            self.abort()
         return last  # type: ignore[return-value]
 
     def abort(self) -> None:
