@@ -212,31 +212,25 @@ void Executor::on_ranks(const std::function<void(Rank&)>& fn) {
     fn(*ranks_[0]);
     return;
   }
-  LLMCORE_CHECK(!failed_, "the tensor-parallel group failed earlier (", failure_, ")");
-  try {
-    pool_->run(
-        [&](int r) {
-          Rank& rank = *ranks_[r];
-          fn(rank);
-          if (rank.comm) rank.comm->synchronize();
-        },
-        [&](int r, const std::exception& e) {
-          parallel::Communicator* comm = ranks_[r]->comm.get();
-          if (comm == nullptr) return;
-          comm->abort(str_cat("rank ", r, " failed: ", e.what()));
-          try {
-            comm->synchronize();  // what this rank enqueued before failing finishes or is cut short
-          } catch (const std::exception&) {
-          }
-        });
-  } catch (const std::exception& e) {
-    // Only after the communicators exist is a failure fatal to the group.
-    if (ranks_[0]->comm && ranks_[0]->comm->group().aborted()) {
-      failed_ = true;
-      failure_ = e.what();
-    }
-    throw;
-  }
+  // Once the communicators exist, a failure aborts the group for good.
+  parallel::Communicator* comm0 = ranks_[0]->comm.get();
+  LLMCORE_CHECK(comm0 == nullptr || !comm0->group().aborted(), "the tensor-parallel group failed earlier (",
+                comm0->group().reason(), ")");
+  pool_->run(
+      [&](int r) {
+        Rank& rank = *ranks_[r];
+        fn(rank);
+        if (rank.comm) rank.comm->synchronize();
+      },
+      [&](int r, const std::exception& e) {
+        parallel::Communicator* comm = ranks_[r]->comm.get();
+        if (comm == nullptr) return;
+        comm->abort(str_cat("rank ", r, " failed: ", e.what()));
+        try {
+          comm->synchronize();  // what this rank enqueued before failing finishes or is cut short
+        } catch (const std::exception&) {
+        }
+      });
 }
 
 void Executor::launch_barrier(Rank& rank) {

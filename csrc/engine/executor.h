@@ -106,8 +106,6 @@ class Executor {
   std::vector<std::unique_ptr<Rank>> ranks_;
   std::unique_ptr<parallel::WorkerPool> pool_;  // tensor_parallel_size > 1
   std::unique_ptr<CudaSampler> cuda_sampler_;   // rank 0's, for the CUDA backend
-  bool failed_ = false;                         // a rank failed: the group is gone
-  std::string failure_;
 };
 
 }  // namespace llmcore
