@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One lease on a GPU machine: build with CUDA, run the kernel tests and the GPU end-to-end
 # tests, then the benchmarks. Logs and JSON go to $OUT (the device tool fetches them).
-#   bash benchmarks/gpu_session.sh [stages...]   stages: build ctest pytest latency throughput serving kernels profile peers tp
+#   bash benchmarks/gpu_session.sh [stages...]   stages: build ctest pytest latency throughput serving kernels profile peers tp allreduce
 # tp (tensor parallelism, 2+ GPUs) is tp-test (test_gpu_tp.py with the 70B test), tp-8b (latency of the 8B
 # config at TP 1 and 2) and tp-70b (the 70B config on all GPUs: latency at batch 1, throughput 1000 x
 # 1024/128); name those to run a part (the whole of tp can take longer than one 10-minute command).
@@ -97,6 +97,12 @@ if has tp || has tp-70b; then
   else
     echo "70B: skipped (needs 2+ GPUs; $ngpu visible)"
   fi
+fi
+if has allreduce; then  # 2+ GPUs: the tensor-parallel all-reduce + RMSNorm microbenchmark
+  for h in 4096 8192; do
+    timeout 200 python3 benchmarks/all_reduce.py --binary $build/bench_all_reduce --hidden $h > "$OUT/all_reduce_$h.log" 2>&1
+    echo "all_reduce hidden $h rc=$?"; cat "$OUT/all_reduce_$h.log"
+  done
 fi
 # Only this session's records (the device tool brings back a limited number of files).
 find benchmarks/results -name "*.json" -newer /tmp/llmcore-session-start -exec cp {} "$OUT/" \;

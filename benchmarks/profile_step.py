@@ -8,7 +8,10 @@ for three workloads on a full-size dummy model:
 
 For each: wall time per step, summed kernel time per step (the GPU busy fraction: the rest is the
 host: launches, scheduling, sampling, syncs) and the kernels ranked by total time, grouped by
-name. Also the engine's own host-phase counters per step.
+name. Also the engine's own host-phase counters per step, and per GPU its timeline: how long it
+was busy and idle per step, and the largest idle gaps by the pair of kernels around them (with
+tensor parallelism a gap before a collective is time spent waiting for another GPU). The
+profiler's own overhead lengthens host-side gaps, so read those as upper bounds.
 
     python3 benchmarks/profile_step.py --model benchmarks/configs/llama-3-8b
 """
@@ -34,6 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prefill-len", type=int, default=1024)
     p.add_argument("--prefill-prompts", type=int, default=8)
     p.add_argument("--top", type=int, default=15, help="kernels listed per workload")
+    p.add_argument("--workloads", default="decode-b1,decode-bN,prefill",
+                   help="comma-separated subset of decode-b1, decode-bN, prefill")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--output-json", default=None)
     common.add_engine_args(p)
@@ -67,6 +72,7 @@ def profile(llm, llmcore, torch, prompts, max_tokens, top):
         by_name[short(ev.name)][0] += dur
         by_name[short(ev.name)][1] += 1
         total_us += dur
+    timelines = timeline(prof.events(), torch, max(steps, 1))
     ranked = sorted(by_name.items(), key=lambda kv: -kv[1][0])
     kernels = [{"name": n, "total_ms": us / 1e3, "calls": c, "ms_per_step": us / 1e3 / max(steps, 1),
                 "share": us / total_us if total_us else 0.0} for n, (us, c) in ranked]
@@ -77,7 +83,40 @@ def profile(llm, llmcore, torch, prompts, max_tokens, top):
         "gpu_busy_fraction": (total_us / 1e6) / wall if wall else None,
         "host_ms_per_step": {k[5:-2]: (after[k] - before[k]) / max(steps, 1) * 1e3 for k in PHASES if k in after},
         "kernels": kernels[: max(top, 40)],
+        "timeline": timelines,
     }
+
+
+def timeline(events, torch, steps):
+    """Per GPU: busy and idle time per step over the traced span, and the idle gaps grouped by the
+    kernels before and after them."""
+    per_device = defaultdict(list)
+    for ev in events:
+        if ev.device_type == torch.autograd.DeviceType.CUDA:
+            per_device[ev.device_index].append((ev.time_range.start, ev.time_range.end, short(ev.name)[:48]))
+    out = {}
+    for device, evs in sorted(per_device.items()):
+        evs.sort()
+        busy = 0.0
+        gaps = defaultdict(lambda: [0.0, 0])
+        start, end, last = evs[0]
+        for s, e, name in evs[1:]:
+            if s > end:
+                busy += end - start
+                gaps[f"{last} -> {name}"][0] += s - end
+                gaps[f"{last} -> {name}"][1] += 1
+                start, end, last = s, e, name
+            elif e >= end:
+                end, last = e, name
+        busy += end - start
+        span = evs[-1][1] - evs[0][0]
+        top = sorted(gaps.items(), key=lambda kv: -kv[1][0])[:6]
+        out[str(device)] = {
+            "busy_ms_per_step": busy / 1e3 / steps,
+            "idle_ms_per_step": (span - busy) / 1e3 / steps,
+            "gaps": [{"between": k, "ms_per_step": us / 1e3 / steps, "count": c} for k, (us, c) in top],
+        }
+    return out
 
 
 def main(argv=None) -> int:
@@ -95,8 +134,11 @@ def main(argv=None) -> int:
         f"decode-b{args.batch}": (common.random_token_ids(args.batch, 128, vocab, args.seed + 1), args.decode_tokens),
         "prefill": (common.random_token_ids(args.prefill_prompts, args.prefill_len, vocab, args.seed + 2), 1),
     }
+    wanted = {w.strip().replace("decode-bN", f"decode-b{args.batch}") for w in args.workloads.split(",")}
     results = {}
     for name, (prompts, max_tokens) in workloads.items():
+        if name not in wanted:
+            continue
         r = profile(llm, llmcore, torch, prompts, max_tokens, args.top)
         results[name] = r
         print(f"== {name}: {r['steps']} steps, wall {r['wall_ms_per_step']:.3f} ms/step, kernels "
@@ -104,6 +146,10 @@ def main(argv=None) -> int:
               + ", ".join(f"{k} {v:.3f}" for k, v in r["host_ms_per_step"].items()))
         for k in r["kernels"][: args.top]:
             print(f"   {k['ms_per_step']:8.3f} ms/step {k['share']:6.1%} {k['calls']:6d}x  {k['name']}")
+        for dev, t in r["timeline"].items():
+            print(f"   GPU {dev}: busy {t['busy_ms_per_step']:.3f} ms/step, idle {t['idle_ms_per_step']:.3f} ms/step; "
+                  "largest idle gaps: " + "; ".join(f"{g['between']} {g['ms_per_step'] * 1e3:.1f} us/step ({g['count']}x)"
+                                                    for g in t["gaps"][:4]))
     llm.shutdown()
     record = common.new_record("profile_step", device, args, "torch")
     record.update({"engine_kwargs": engine_kwargs, "results": results})

@@ -86,26 +86,43 @@ void copy_kv_blocks(const std::vector<Tensor*>& layers,
 // --- comm/one_shot_all_reduce.cu ------------------------------------------------------------------
 
 constexpr int kOneShotMaxRanks = 8;
-constexpr int kOneShotMaxBlocks = 36;
+constexpr int kOneShotMaxBlocks = 36;  // grid of the two-phase kernel (messages above ll_bytes)
+constexpr int kOneShotLLBlocks = 64;   // grid of the LL kernels (messages up to ll_bytes)
 
 // The peer-memory state of one rank of a one-shot all-reduce group (all ranks' pointers are
-// device pointers readable from every GPU of the group: peer access is on).
+// device pointers readable and writable from every GPU of the group: peer access is on).
 struct OneShotAllReduce {
   int world = 0;
   int rank = 0;
+  // Two-phase kernel: each rank copies into its own staging buffer, the ranks meet at a flag
+  // barrier, then each reads every staging buffer over NVLink.
   void* buffers[2][kOneShotMaxRanks] = {};  // [phase][rank]: each rank's staging, buffer_bytes each
   uint32_t* flags[kOneShotMaxRanks] = {};   // [rank]: its flags [kOneShotMaxBlocks][kOneShotMaxRanks]
   uint32_t* counters = nullptr;             // this rank's epoch per block [kOneShotMaxBlocks]
-  int* error = nullptr;                     // mapped host word the host reads: 1 = a peer timed out
-  int* failed = nullptr;                    // device copy of it, read by every call (no host reads)
   size_t buffer_bytes = 0;
-  uint64_t timeout_ns = 0;                  // a block gives up waiting for a peer after this
+  // LL kernels (NCCL's low-latency protocol): each rank writes its data straight into every
+  // peer's receive area as 16-byte lines of 8 data bytes, each 4 data bytes next to the call's
+  // epoch, so a reader polls its own memory and needs neither a flag nor a fence.
+  void* ll[2][kOneShotMaxRanks] = {};  // [parity][rank]: the rank's receive area, a slot per sender
+  size_t ll_slot_bytes = 0;            // one sender's slot: 2 * ll_bytes of lines, a token line per block
+  size_t ll_bytes = 0;                 // the largest message the LL kernels take
+  uint32_t* ll_counters = nullptr;     // this rank's epoch per block [kOneShotLLBlocks]
+  int* error = nullptr;                // mapped host word the host reads: 1 = a peer timed out
+  int* failed = nullptr;               // device copy of it, read by every call (no host reads)
+  uint64_t timeout_ns = 0;             // a block gives up waiting for a peer after this
 };
 
 // x (bf16, fp16 or f32, on this rank's GPU) = the sum over ranks of x, in rank order. Returns
 // false (doing nothing) when x does not fit the staging buffers or is not 16-byte sized and
 // aligned; the caller then uses another all-reduce.
 bool one_shot_all_reduce(Tensor& x, const OneShotAllReduce& params, cudaStream_t stream);
+
+// one_shot_all_reduce(x) followed by add_rms_norm(x, residual, weight, eps), in one kernel and
+// with the same bits as the two. Returns false (doing nothing) where the LL kernels cannot take
+// it (x larger than ll_bytes, not bf16/fp16, hidden size not a multiple of 8 or above 4096, or a
+// tensor not 16-byte aligned); the caller then runs the two.
+bool one_shot_all_reduce_add_rms_norm(Tensor& x, Tensor& residual, const Tensor& weight, float eps,
+                                      const OneShotAllReduce& params, cudaStream_t stream);
 
 // --- common/fill_dummy.cu ------------------------------------------------------------------------
 

@@ -186,6 +186,12 @@ Executor::~Executor() {
     (void)cuda_sampler_.release();
     (void)pool_.release();
   };
+  if (pool_) {
+    try {
+      wait_ranks();  // a step nobody sampled
+    } catch (const std::exception&) {
+    }
+  }
   if (pool_ && pool_->wedged()) {
     leak();
     return;
@@ -207,7 +213,7 @@ Executor::~Executor() {
   pool_.reset();
 }
 
-void Executor::on_ranks(const std::function<void(Rank&)>& fn) {
+void Executor::on_ranks(const std::function<void(Rank&)>& fn, bool wait) {
   if (!pool_) {
     fn(*ranks_[0]);
     return;
@@ -216,21 +222,48 @@ void Executor::on_ranks(const std::function<void(Rank&)>& fn) {
   parallel::Communicator* comm0 = ranks_[0]->comm.get();
   LLMCORE_CHECK(comm0 == nullptr || !comm0->group().aborted(), "the tensor-parallel group failed earlier (",
                 comm0->group().reason(), ")");
-  pool_->run(
-      [&](int r) {
-        Rank& rank = *ranks_[r];
-        fn(rank);
-        if (rank.comm) rank.comm->synchronize();
-      },
-      [&](int r, const std::exception& e) {
-        parallel::Communicator* comm = ranks_[r]->comm.get();
-        if (comm == nullptr) return;
-        comm->abort(str_cat("rank ", r, " failed: ", e.what()));
-        try {
-          comm->synchronize();  // what this rank enqueued before failing finishes or is cut short
-        } catch (const std::exception&) {
-        }
-      });
+  wait_ranks();  // the last step first
+  try {
+    pool_->run(
+        [&](int r) {
+          Rank& rank = *ranks_[r];
+          fn(rank);
+          if (wait && rank.comm) rank.comm->synchronize();
+        },
+        [&](int r, const std::exception& e) { on_rank_error(r, e); });
+  } catch (const std::exception&) {
+    // Ranks that enqueued their part without waiting may now wait for the failed one: each cuts
+    // its collectives short (Communicator::synchronize) before the error goes up.
+    if (!wait && !pool_->wedged()) {
+      try {
+        pool_->run([&](int r) { synchronize_rank(*ranks_[r]); }, [](int, const std::exception&) {});
+      } catch (const std::exception&) {
+      }
+    }
+    throw;
+  }
+  ranks_busy_ = !wait;
+}
+
+void Executor::wait_ranks() {
+  if (!ranks_busy_) return;
+  ranks_busy_ = false;
+  pool_->run([&](int r) { synchronize_rank(*ranks_[r]); },
+             [&](int r, const std::exception& e) { on_rank_error(r, e); });
+}
+
+void Executor::synchronize_rank(Rank& rank) {
+  if (rank.comm) rank.comm->synchronize();
+}
+
+void Executor::on_rank_error(int r, const std::exception& e) {
+  parallel::Communicator* comm = ranks_[r]->comm.get();
+  if (comm == nullptr) return;
+  comm->abort(str_cat("rank ", r, " failed: ", e.what()));
+  try {
+    comm->synchronize();  // what this rank enqueued before failing finishes or is cut short
+  } catch (const std::exception&) {
+  }
 }
 
 void Executor::launch_barrier(Rank& rank) {
@@ -241,8 +274,10 @@ DType Executor::kv_dtype() const { return ranks_[0]->backend->activation_dtype()
 
 std::vector<SampleResult> Executor::sample(const std::vector<SampleRequest>& rows, int vocab_size) {
 #ifdef LLMCORE_WITH_CUDA
-  if (cuda_sampler_) return cuda_sampler_->sample(rows, vocab_size);
+  // The sampling kernels queue behind the step on rank 0's stream; then every rank is waited for.
+  if (cuda_sampler_) return cuda_sampler_->sample(rows, vocab_size, [&] { wait_ranks(); });
 #endif
+  wait_ranks();
   return llmcore::sample(rows, vocab_size);
 }
 
@@ -305,6 +340,8 @@ Tensor Executor::execute(const SchedulerOutput& out, const std::vector<LogitsReq
   std::unique_ptr<StepInput> input;
   if (!graphed) input = std::make_unique<StepInput>(out, logits_requests, config_.block_size);
   Tensor logits;
+  // Every rank enqueues its part and returns without waiting for it: sample() enqueues the
+  // sampling behind it and then waits for all ranks, so the GPUs never idle between the two.
   on_ranks([&](Rank& rank) {
     if (rank.index == config_.fault_rank && ++rank.steps == config_.fault_step) {
       throw std::runtime_error("fault injected at step " + std::to_string(config_.fault_step) +
@@ -318,7 +355,7 @@ Tensor Executor::execute(const SchedulerOutput& out, const std::vector<LogitsReq
 #endif
     if (!graphed) l = forward(rank, *input);
     if (rank.index == 0) logits = l;
-  });
+  }, /*wait=*/false);
   return logits;
 }
 

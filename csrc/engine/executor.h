@@ -6,7 +6,9 @@
 // CPU backend with its share of the cores), communicator, weight shard, KV-cache shard (its KV
 // heads) and decode graphs, driven by one worker thread per rank (parallel/worker_pool.h). Every
 // step's input goes to all ranks; rank 0's logits (all-gathered) are the step's and rank 0 samples,
-// so ranks never diverge. A rank that throws aborts the group: the others' collectives stop
+// so ranks never diverge. execute() returns once every rank has enqueued the step; sample()
+// enqueues the sampling behind it and then waits for all ranks (as one GPU's stream order does
+// without tensor parallelism). A rank that throws aborts the group: the others' collectives stop
 // instead of waiting, and the step throws the failed rank's error.
 #pragma once
 
@@ -94,8 +96,13 @@ class Executor {
   struct StepInput;
 
   // Runs fn on every rank: inline when there is one, else on the ranks' worker threads, each
-  // then waiting for its device work (collectives included) to finish.
-  void on_ranks(const std::function<void(Rank&)>& fn);
+  // then waiting for its device work (collectives included) to finish, or (wait = false) leaving
+  // it running until wait_ranks(). A rank that throws aborts the group (on_rank_error).
+  void on_ranks(const std::function<void(Rank&)>& fn, bool wait = true);
+  // Waits for the work on_ranks(..., false) left running, on every rank's thread.
+  void wait_ranks();
+  void synchronize_rank(Rank& rank);
+  void on_rank_error(int rank, const std::exception& e);
   // Inside on_ranks: every rank waits here before enqueuing a step's collectives, so a rank that
   // fails while preparing the step leaves no peer stuck in one (parallel/worker_pool.h).
   void launch_barrier(Rank& rank);
@@ -106,6 +113,7 @@ class Executor {
   std::vector<std::unique_ptr<Rank>> ranks_;
   std::unique_ptr<parallel::WorkerPool> pool_;  // tensor_parallel_size > 1
   std::unique_ptr<CudaSampler> cuda_sampler_;   // rank 0's, for the CUDA backend
+  bool ranks_busy_ = false;                     // on_ranks(..., false) left work to wait_ranks()
 };
 
 }  // namespace llmcore

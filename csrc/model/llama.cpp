@@ -333,6 +333,13 @@ Tensor LlamaModel::forward(const ForwardInput& input, KVCache& kv_cache) {
     if (sharded) tp_.comm->all_reduce_sum(x);
   };
   const float eps = static_cast<float>(config_.rms_norm_eps);
+  // After a row-parallel layer: residual += all_reduce(x); x = norm(residual), fused where the
+  // communicator can (one kernel per layer output in decode steps on GPUs).
+  auto all_reduce_add_rms_norm = [&](Tensor& x, Tensor& residual, const Tensor& weight) {
+    if (sharded && tp_.comm->all_reduce_add_rms_norm(x, residual, weight, eps)) return;
+    all_reduce(x);
+    backend_.add_rms_norm(x, residual, weight, eps);
+  };
   const float scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(config_.head_dim)));
   const int sliding_window = static_cast<int>(config_.sliding_window);
 
@@ -361,15 +368,13 @@ Tensor LlamaModel::forward(const ForwardInput& input, KVCache& kv_cache) {
     backend_.paged_attention(attn, qkv, kv_cache.k[l], kv_cache.v[l], input.attn, attn_shape_,
                              scale, sliding_window);
     backend_.linear(h, attn, layer.o_proj, bias(layer.o_bias));
-    all_reduce(h);
-    backend_.add_rms_norm(h, residual, layer.post_attention_layernorm, eps);
+    all_reduce_add_rms_norm(h, residual, layer.post_attention_layernorm);
 
     backend_.linear(gate_up, h, layer.gate_up_proj, bias(layer.gate_up_bias));
     backend_.silu_and_mul(mlp_act, gate_up);
     backend_.linear(h, mlp_act, layer.down_proj, bias(layer.down_bias));
-    all_reduce(h);
     const Tensor& next_norm = l + 1 < layers_.size() ? layers_[l + 1].input_layernorm : norm_;
-    backend_.add_rms_norm(h, residual, next_norm, eps);
+    all_reduce_add_rms_norm(h, residual, next_norm);
   }
 
   Tensor logits = input.logits_out.defined()

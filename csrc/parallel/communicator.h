@@ -53,6 +53,14 @@ class Communicator {
 
   // In place: x = the sum over ranks of x. Every rank passes a tensor of the same shape and dtype.
   virtual void all_reduce_sum(Tensor& x) = 0;
+  // all_reduce_sum(x), then residual += x; x = rms_norm(residual) * weight (Backend::add_rms_norm,
+  // the step after every row-parallel layer), fused into one pass with the same bits where this
+  // communicator can: returns true when done, false when it did nothing (the caller then runs the
+  // two). Every rank gets the same answer for the same shapes.
+  virtual bool all_reduce_add_rms_norm(Tensor& x, Tensor& residual, const Tensor& weight, float eps) {
+    (void)x, (void)residual, (void)weight, (void)eps;
+    return false;
+  }
   // out [L, N] gets rank r's in [L, n] in columns [r n, min((r + 1) n, N)): the vocab-parallel
   // logits put side by side (the last rank's padding columns past N are dropped).
   // n * world_size >= N > n * (world_size - 1).

@@ -174,6 +174,25 @@ def block_values(lines) -> dict:
     return {m.group(1): float(m.group(2)) for line in lines[start + 1:end] if (m := BLOCK_ROW.fullmatch(line))}
 
 
+def test_profile_step_smoke(tiny_model, tmp_path):
+    """profile_step.py on the CPU: no kernels to trace, but the steps, the host phases and the
+    summary line are there, for the one workload asked for."""
+    decode_tokens = 4
+    lines, record, argv = run_script(
+        "profile_step", ["--model", str(tiny_model), "--workloads", "decode-b1", "--decode-tokens",
+                         str(decode_tokens), *COMMON_FLAGS, "--max-model-len", "160"], tmp_path)
+    check_provenance(record, "profile_step", argv)
+    assert list(record["results"]) == ["decode-b1"]
+    r = record["results"]["decode-b1"]
+    # One prefill step and decode_tokens - 1 decode steps per generate() call.
+    assert r["steps"] == decode_tokens
+    assert r["wall_ms_per_step"] > 0 and r["timeline"] == {} and r["kernels"] == []
+    assert set(r["host_ms_per_step"]) == {"schedule", "execute", "sample", "output"}
+    m = re.fullmatch(rf"Profile: decode-b1 {NUMBER} ms/step \((\d+)% GPU busy\)", lines[-1])
+    assert m, lines[-1]
+    assert float(m.group(1)) == pytest.approx(r["wall_ms_per_step"], abs=0.006)
+
+
 def test_serving_smoke_completions_and_offline(tiny_model, tmp_path):
     pytest.importorskip("aiohttp")
     np = pytest.importorskip("numpy")

@@ -31,13 +31,17 @@ void CudaSampler::reserve_host(size_t bytes) {
   host_bytes_ = want;
 }
 
-std::vector<SampleResult> CudaSampler::sample(const std::vector<SampleRequest>& rows, int vocab_size) {
+std::vector<SampleResult> CudaSampler::sample(const std::vector<SampleRequest>& rows, int vocab_size,
+                                              const std::function<void()>& wait_for_step) {
   using kernels::GpuSampleResult;
   using kernels::GpuSampleRow;
   LLMCORE_CHECK(vocab_size > 0, "vocab_size ", vocab_size);
   const size_t n = rows.size();
   std::vector<SampleResult> results(n);
-  if (n == 0) return results;
+  if (n == 0) {
+    if (wait_for_step) wait_for_step();
+    return results;
+  }
 
   // Rows on the host; device pointers to edits and scratch are filled in once they are placed.
   rows_.assign(n, GpuSampleRow{});
@@ -109,6 +113,7 @@ std::vector<SampleResult> CudaSampler::sample(const std::vector<SampleRequest>& 
     LLMCORE_CUDA_CHECK(cudaMemcpyAsync(host_, d_results, n * sizeof(GpuSampleResult),
                                        cudaMemcpyDeviceToHost, stream));
   }
+  if (wait_for_step) wait_for_step();
   backend_.synchronize();
 
   const auto* out = reinterpret_cast<const GpuSampleResult*>(host_);

@@ -5,6 +5,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <vector>
 
 #include "kernels/sampling/sample_rows.h"
@@ -23,8 +24,11 @@ class CudaSampler {
 
   // rows[i].logits point at GPU rows of vocab_size float32 logits on this backend's device.
   // Same results, errors and generator use as llmcore::sample(), up to the float32 arithmetic
-  // of the processed logits and weights.
-  std::vector<SampleResult> sample(const std::vector<SampleRequest>& rows, int vocab_size);
+  // of the processed logits and weights. wait_for_step, when given, runs once the sampling is
+  // enqueued and before the results are read, also when there are no rows: the caller waits
+  // there for what else produced the logits (tensor-parallel ranks).
+  std::vector<SampleResult> sample(const std::vector<SampleRequest>& rows, int vocab_size,
+                                   const std::function<void()>& wait_for_step = nullptr);
 
  private:
   void reserve_host(size_t bytes);

@@ -4,6 +4,7 @@
 
 #include <nccl.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdlib>
 #include <string>
@@ -16,15 +17,20 @@
 namespace llmcore {
 namespace {
 
-// The one-shot all-reduce's device memory on every GPU of the group (kernels.h): two staging
-// buffers, the flag array and the epoch counters per rank, and an error word each rank's host
-// reads without a copy (mapped pinned memory). Null from create() when some GPU pair has no peer
+// The one-shot all-reduces' device memory on every GPU of the group (kernels.h): per rank two
+// staging buffers, the flag array and the epoch counters of the two-phase kernel, two LL receive
+// areas and the LL epoch counters, and an error word each rank's host reads without a copy
+// (mapped pinned memory). Null from create() when some GPU pair has no peer
 // access or LLMCORE_CUSTOM_ALL_REDUCE=0: NCCL then does every all-reduce.
 class OneShotGroup {
  public:
   static std::shared_ptr<OneShotGroup> create(const std::vector<CudaBackend*>& backends) {
     const int world = static_cast<int>(backends.size());
     const char* env = std::getenv("LLMCORE_CUSTOM_ALL_REDUCE");
+    // LLMCORE_ONE_SHOT_LL_BYTES: the largest message of the LL kernels (0: two-phase only).
+    const char* ll_env = std::getenv("LLMCORE_ONE_SHOT_LL_BYTES");
+    const size_t ll_bytes = ll_env != nullptr ? std::min<size_t>(std::strtoull(ll_env, nullptr, 10), kMaxLLBytes) & ~size_t{15}
+                                              : kLLBytes;
     if (world < 2 || world > kernels::kOneShotMaxRanks || (env != nullptr && std::string(env) == "0")) return nullptr;
     for (int i = 0; i < world; ++i) {
       for (int j = 0; j < world; ++j) {
@@ -51,14 +57,24 @@ class OneShotGroup {
     }
     const size_t flag_bytes = sizeof(uint32_t) * kernels::kOneShotMaxBlocks * kernels::kOneShotMaxRanks;
     const size_t counter_bytes = sizeof(uint32_t) * kernels::kOneShotMaxBlocks;
+    const size_t ll_counter_bytes = sizeof(uint32_t) * kernels::kOneShotLLBlocks;
+    const size_t ll_slot_bytes = 2 * ll_bytes + 16 * kernels::kOneShotLLBlocks;  // lines, then tokens
     for (int r = 0; r < world; ++r) {
       cuda::DeviceGuard guard(backends[r]->device_index());
       kernels::OneShotAllReduce& p = g->params_[r];
       p.world = world;
       p.rank = r;
       p.buffer_bytes = kBufferBytes;
+      p.ll_bytes = ll_bytes;
+      p.ll_slot_bytes = ll_slot_bytes;
       p.timeout_ns = kTimeoutNs;
-      for (int phase = 0; phase < 2; ++phase) p.buffers[phase][r] = g->device_alloc(kBufferBytes);
+      for (int phase = 0; phase < 2; ++phase) {
+        p.buffers[phase][r] = g->device_alloc(kBufferBytes);
+        p.ll[phase][r] = g->device_alloc(ll_slot_bytes * world);
+        LLMCORE_CUDA_CHECK(cudaMemset(p.ll[phase][r], 0, ll_slot_bytes * world));  // epoch 0: never a call's
+      }
+      p.ll_counters = static_cast<uint32_t*>(g->device_alloc(ll_counter_bytes));
+      LLMCORE_CUDA_CHECK(cudaMemset(p.ll_counters, 0, ll_counter_bytes));
       p.flags[r] = static_cast<uint32_t*>(g->device_alloc(flag_bytes));
       p.counters = static_cast<uint32_t*>(g->device_alloc(counter_bytes));
       p.failed = static_cast<int*>(g->device_alloc(sizeof(int)));
@@ -76,6 +92,8 @@ class OneShotGroup {
         g->params_[r].buffers[0][q] = g->params_[q].buffers[0][q];
         g->params_[r].buffers[1][q] = g->params_[q].buffers[1][q];
         g->params_[r].flags[q] = g->params_[q].flags[q];
+        g->params_[r].ll[0][q] = g->params_[q].ll[0][q];
+        g->params_[r].ll[1][q] = g->params_[q].ll[1][q];
       }
     }
     return g;
@@ -94,6 +112,11 @@ class OneShotGroup {
 
   // 8 MiB per phase: a decode step of 512 sequences at hidden size 8192 in bf16.
   static constexpr size_t kBufferBytes = size_t{8} << 20;
+  // LL messages up to 256 KiB by default (32 sequences at hidden size 4096, 16 at 8192): from
+  // 512 KiB on, the doubled bytes of the LL lines make it slower than the two-phase kernel
+  // (benchmarks/all_reduce.py on 2 H200s). Their lines take twice the bytes per sender and parity.
+  static constexpr size_t kLLBytes = size_t{256} << 10;
+  static constexpr size_t kMaxLLBytes = size_t{8} << 20;
   static constexpr uint64_t kTimeoutNs = uint64_t{30} * 1000 * 1000 * 1000;
 
  private:
@@ -174,6 +197,14 @@ class NcclCommunicator final : public parallel::Communicator {
     if (one_shot_ && kernels::one_shot_all_reduce(x, one_shot_->params(rank_), backend_.stream())) return;
     LLMCORE_NCCL_CHECK(ncclAllReduce(x.data(), x.data(), static_cast<size_t>(x.numel()), nccl_dtype(x.dtype()), ncclSum,
                                      comm_, backend_.stream()));
+  }
+
+  bool all_reduce_add_rms_norm(Tensor& x, Tensor& residual, const Tensor& weight, float eps) override {
+    check_usable(x, "all_reduce_add_rms_norm x");
+    if (!one_shot_) return false;
+    cuda::DeviceGuard guard(backend_.device_index());
+    return kernels::one_shot_all_reduce_add_rms_norm(x, residual, weight, eps, one_shot_->params(rank_),
+                                                     backend_.stream());
   }
 
   void all_gather_columns(Tensor& out, const Tensor& in) override {
