@@ -5,7 +5,8 @@ shapes, in the same process run.
 Runs the C++ benchmark `bench_kernels` (benchmarks/kernels/bench_kernels.cpp, built with the tests:
 cmake -DLLMCORE_BUILD_TESTS=ON; --binary to point at it), then times torch.matmul(x, W.T) in bf16
 on every linear shape it measured (CUDA events, median of 7 x 20 calls after warm-up, random
-inputs). Writes benchmarks/results/kernels-<device>-<date>.json and prints one summary line.
+inputs). The decode GEMM rows (M = 1..256) cycle through enough weight copies that no call reads
+its weight from L2, for llmcore's kernel, its cuBLASLt linear and torch.matmul alike. Writes benchmarks/results/kernels-<device>-<date>.json and prints one summary line.
 
     python3 benchmarks/kernels.py --binary /tmp/llmcore-build/bench_kernels
 """
@@ -34,16 +35,20 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def torch_matmul_ms(torch, m: int, n: int, k: int) -> float:
+def torch_matmul_ms(torch, m: int, n: int, k: int, copies: int = 1) -> float:
     """Median ms of torch.matmul(x, w.T, out=...) in bf16 (for the lm_head llmcore writes fp32
-    logits, 2x the output bytes; torch here writes bf16, so that row flatters torch)."""
+    logits, 2x the output bytes; torch here writes bf16, so that row flatters torch). With
+    copies > 1 the calls cycle through that many weights, as bench_kernels' skinny rows do."""
     g = torch.Generator(device="cuda").manual_seed(0)
     x = torch.rand((m, k), device="cuda", dtype=torch.bfloat16, generator=g) * 2 - 1
-    w = torch.rand((n, k), device="cuda", dtype=torch.bfloat16, generator=g) * 2 - 1
+    w0 = torch.rand((n, k), device="cuda", dtype=torch.bfloat16, generator=g) * 2 - 1
+    ws = [w0] + [w0.clone() for _ in range(copies - 1)]
     out = torch.empty((m, n), device="cuda", dtype=torch.bfloat16)
+    turn = [0]
 
     def fn():
-        torch.matmul(x, w.T, out=out)
+        torch.matmul(x, ws[turn[0]].T, out=out)
+        turn[0] = (turn[0] + 1) % copies
     for _ in range(3):
         fn()
     torch.cuda.synchronize()
@@ -78,6 +83,18 @@ def main(argv=None) -> int:
         row["torch_TFLOP/s"] = 2.0 * row["m"] * row["n"] * row["k"] / (ms * 1e-3) / 1e12
         row["pct_of_torch"] = 100.0 * ms / row["ms"] if row["ms"] > 0 else None
 
+    copy_gbs = data["copy"]["GB/s"]
+    for row in data.get("skinny", []):
+        copies = max(1, -(-(256 << 20) // (2 * row["n"] * row["k"])))
+        row["torch_ms"] = torch_matmul_ms(torch, row["m"], row["n"], row["k"], copies)
+        for t in row["tilings"]:
+            t["pct_of_copy"] = 100.0 * row["bytes"] / (t["ms"] * 1e-3) / 1e9 / copy_gbs
+        best = min(row["tilings"], key=lambda t: t["ms"])
+        default = next(t for t in row["tilings"] if t["default"])
+        row["best_ms"], row["default_ms"] = best["ms"], default["ms"]
+        row["default_pct_of_copy"] = default["pct_of_copy"]
+        row["cublas_pct_of_copy"] = 100.0 * row["bytes"] / (row["cublas_ms"] * 1e-3) / 1e9 / copy_gbs
+
     record = common.new_record("kernels", "cuda", args, "torch")
     record.update({"command_binary": cmd, "results": data})
     path = common.write_record(record, args.output_json)
@@ -93,13 +110,21 @@ def main(argv=None) -> int:
         print(f"linear {r['name']:8s} M={r['m']:5d} N={r['n']:6d} K={r['k']:5d}: {r['ms']:.4f} ms "
               f"{r['TFLOP/s']:6.1f} TFLOP/s {r['GB/s']:6.0f} GB/s; torch.matmul {r['torch_ms']:.4f} ms "
               f"-> llmcore at {r['pct_of_torch']:.0f}% of torch")
+    for r in data.get("skinny", []):
+        best = min(r["tilings"], key=lambda t: t["ms"])
+        print(f"decode GEMM {r['name']:8s} M={r['m']:4d}: {r['default_ms']:.4f} ms = {r['default_pct_of_copy']:.0f}% of copy "
+              f"(best tiling {best['cols']}x{best['rows']} {best['ms']:.4f}); cuBLASLt linear {r['cublas_ms']:.4f} ms "
+              f"= {r['cublas_pct_of_copy']:.0f}%; torch.matmul {r['torch_ms']:.4f} ms")
     print(f"Results: {path}")
     b64 = [r for r in data["decode_attention"] if r["batch"] == 64]
     big = [r for r in data["linear"] if r["m"] >= 2048]
     pre = [r for r in data["prefill_attention"] if r["tokens"] == 4096]
     print("Kernels: decode attention b64 " + ", ".join(f"ctx {r['context']} {r['pct_of_copy']:.0f}%" for r in b64)
           + " of copy; prefill attention 4k " + (f"{pre[0]['TFLOP/s']:.0f} TFLOP/s" if pre else "n/a")
-          + f"; linear M>=2048 at {min(r['pct_of_torch'] for r in big):.0f}-{max(r['pct_of_torch'] for r in big):.0f}% of torch.matmul")
+          + f"; linear M>=2048 at {min(r['pct_of_torch'] for r in big):.0f}-{max(r['pct_of_torch'] for r in big):.0f}% of torch.matmul"
+          + "".join(f"; decode GEMM M={m} at {min(r['default_pct_of_copy'] for r in sk)/1:.0f}-"
+                    f"{max(r['default_pct_of_copy'] for r in sk):.0f}% of copy"
+                    for m in (1, 8, 64) for sk in [[r for r in data.get("skinny", []) if r["m"] == m]] if sk))
     return 0
 
 

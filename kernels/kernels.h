@@ -70,6 +70,27 @@ void silu_and_mul(Tensor& out, const Tensor& x, cudaStream_t stream);
 // dtype when out is float32), in fp32.
 void add_bias(Tensor& out, const Tensor& bias, cudaStream_t stream);
 
+// --- linear/skinny_gemm.cu: the decode GEMM ----------------------------------------------------
+
+// How a skinny_gemm launch groups its work: col_tiles groups of 8 tokens and row_tiles groups
+// of 16 weight rows per CTA. Speed only: a token's bits are the same with every tiling.
+struct SkinnyGemmTiling {
+  int col_tiles = 0;  // 0: skinny_gemm_default_tiling(M)
+  int row_tiles = 1;
+};
+// Every tiling the kernel is compiled for, and the one skinny_gemm uses for M rows.
+const std::vector<SkinnyGemmTiling>& skinny_gemm_tilings();
+SkinnyGemmTiling skinny_gemm_default_tiling(int64_t m);
+// Whether skinny_gemm takes this weight: bf16 or fp16 on the GPU, K % 8 == 0, 16-byte aligned. It
+// then takes any x of the weight's dtype and K whose base is 16-byte aligned (every row then is).
+bool skinny_gemm_supports(const Tensor& weight);
+// out [M, N] = x [M, K] @ weight [N, K]^T (+ bias [N], x's dtype), out x's dtype or float32;
+// tensor cores, fp32 accumulation in a fixed order, each output depending only on its token row
+// and the weight (batch invariant at any M, see the .cu). Faster than cuBLASLt up to 16 rows
+// (decode steps of few sequences); prompt rows go through cuBLASLt (backend/cuda/cuda_linear.cpp).
+void skinny_gemm(Tensor& out, const Tensor& x, const Tensor& weight, const Tensor* bias, cudaStream_t stream,
+                 SkinnyGemmTiling tiling = {});
+
 // --- cache/kv_cache.cu ---------------------------------------------------------------------------
 
 // Writes the k and v parts of qkv [T, (Hq + 2 Hkv) * D] to slots [T] int32 (negative: skip) of

@@ -6,6 +6,8 @@
 //                 PV over the causal half); TFLOP/s
 //   linear        out [M, N] = x [M, K] @ W[N, K]^T through the batch-invariant cuBLASLt linear;
 //                 TFLOP/s (benchmarks/kernels.py times torch.matmul on the same shapes)
+//   skinny        the decode GEMM (kernels/linear/skinny_gemm.cu) at M = 1..256, every tiling,
+//                 against the cuBLASLt linear, weights cycled so that none is read from L2
 // Inputs are random (never zeros), timing is CUDA events around `reps` launches after warm-up,
 // the median of `trials` such timings. Prints one JSON object to stdout.
 //
@@ -25,6 +27,7 @@
 #include "backend/cuda/cuda_backend.h"
 #include "core/dtype.h"
 #include "kernels/common/cuda_check.h"
+#include "kernels/kernels.h"
 
 using namespace llmcore;
 
@@ -208,6 +211,52 @@ int main(int argc, char** argv) {
                   first ? "" : ", ", s.name, static_cast<long long>(m), static_cast<long long>(s.n),
                   static_cast<long long>(s.k), ms, flops / (ms * 1e-3) / 1e12, bytes / (ms * 1e-3) / 1e9);
       first = false;
+      std::fflush(stdout);
+    }
+  }
+  std::printf("]");
+
+  // The decode GEMM (kernels/linear/skinny_gemm.cu) against the cuBLASLt linear on the same
+  // shapes and M, every tiling. The weights are cycled through enough copies (>= 256 MiB) that
+  // no launch finds its weight in L2, as in a decode step, whose layers all have their own.
+  std::printf(", \"skinny\": [");
+  first = true;
+  for (const Shape2& s : shapes) {
+    const DType out_dtype = std::string(s.name) == "lm_head" ? DType::kF32 : DType::kBF16;
+    const double w_bytes = 2.0 * s.n * s.k;
+    const int copies = static_cast<int>(std::max(1.0, std::ceil(256.0 * (1 << 20) / w_bytes)));
+    std::vector<Tensor> ws;
+    ws.push_back(random_bf16(be, {s.n, s.k}, rng));
+    for (int c = 1; c < copies; ++c) {
+      ws.push_back(be.empty({s.n, s.k}, DType::kBF16));
+      LLMCORE_CUDA_CHECK(cudaMemcpyAsync(ws.back().data(), ws[0].data(), ws[0].nbytes(), cudaMemcpyDeviceToDevice,
+                                         be.stream()));
+    }
+    for (int64_t m : {1, 2, 4, 8, 16, 32, 64, 128, 256}) {
+      Tensor x = random_bf16(be, {m, s.k}, rng);
+      Tensor out = be.empty({m, s.n}, out_dtype);
+      const double bytes = w_bytes + 2.0 * m * s.k + static_cast<double>(dtype_size(out_dtype)) * m * s.n;
+      int next = 0;
+      const double cublas_ms = time_ms(be, [&] {
+        be.linear(out, x, ws[next], nullptr);
+        next = (next + 1) % copies;
+      });
+      std::printf("%s{\"name\": \"%s\", \"m\": %lld, \"n\": %lld, \"k\": %lld, \"bytes\": %.0f, \"cublas_ms\": %.4f, \"tilings\": [",
+                  first ? "" : ", ", s.name, static_cast<long long>(m), static_cast<long long>(s.n),
+                  static_cast<long long>(s.k), bytes, cublas_ms);
+      first = false;
+      bool first_t = true;
+      for (const kernels::SkinnyGemmTiling& t : kernels::skinny_gemm_tilings()) {
+        const double ms = time_ms(be, [&] {
+          kernels::skinny_gemm(out, x, ws[next], nullptr, be.stream(), t);
+          next = (next + 1) % copies;
+        });
+        const kernels::SkinnyGemmTiling d = kernels::skinny_gemm_default_tiling(m);
+        std::printf("%s{\"cols\": %d, \"rows\": %d, \"default\": %s, \"ms\": %.4f}", first_t ? "" : ", ",
+                    t.col_tiles, t.row_tiles, d.col_tiles == t.col_tiles && d.row_tiles == t.row_tiles ? "true" : "false", ms);
+        first_t = false;
+      }
+      std::printf("]}");
       std::fflush(stdout);
     }
   }

@@ -23,6 +23,41 @@ struct AttnShape {
   int qkv_width() const { return (num_heads + 2 * num_kv_heads) * head_dim; }
 };
 
+// Which rows of a step are generated tokens rather than prompt tokens. A generated-token row
+// feeds back a token the engine sampled (a decode row; also such a token recomputed after a
+// preemption); every other row is a prompt token. A row's kind is a property of its token, never
+// of the batch, so a backend may compute the two kinds with different kernels (the CUDA backend:
+// its decode GEMM for generated rows, cuBLASLt for prompt rows) and stay batch invariant, as long
+// as each kind always goes through its own kernel.
+struct RowKinds {
+  // Sorted, disjoint, non-empty [begin, end) ranges of generated-token rows.
+  std::vector<std::pair<int64_t, int64_t>> generated;
+
+  // From per-row flags (true = generated), merging runs.
+  static RowKinds from_flags(const std::vector<bool>& generated_row);
+  static RowKinds all_generated(int64_t rows) {
+    RowKinds k;
+    if (rows > 0) k.generated.emplace_back(0, rows);
+    return k;
+  }
+};
+
+inline RowKinds RowKinds::from_flags(const std::vector<bool>& generated_row) {
+  RowKinds k;
+  const int64_t n = static_cast<int64_t>(generated_row.size());
+  for (int64_t i = 0; i < n;) {
+    if (!generated_row[static_cast<size_t>(i)]) {
+      ++i;
+      continue;
+    }
+    int64_t j = i;
+    while (j < n && generated_row[static_cast<size_t>(j)]) ++j;
+    k.generated.emplace_back(i, j);
+    i = j;
+  }
+  return k;
+}
+
 // Where each sequence's query tokens sit in the batch and where its context lives in the
 // paged cache. Query token i (0-based) of sequence s is at position
 // seq_lens[s] - query_len(s) + i and attends to keys at positions [0, that position]
@@ -107,8 +142,10 @@ class Backend {
   virtual void add_rms_norm(Tensor& x, Tensor& residual, const Tensor& weight, float eps) = 0;
   // out = x @ weight^T (+ bias).  out [T, N]; x [T, K]; weight [N, K]; bias [N] or null.
   // out may be float32 while x and weight are the activation dtype (the lm_head's logits).
-  // Each output row depends only on its input row (batch invariance).
-  virtual void linear(Tensor& out, const Tensor& x, const Tensor& weight, const Tensor* bias) = 0;
+  // kinds: which rows are generated tokens (null: none). Each output row depends only on its
+  // input row and its kind (batch invariance).
+  virtual void linear(Tensor& out, const Tensor& x, const Tensor& weight, const Tensor* bias,
+                      const RowKinds* kinds = nullptr) = 0;
   // Rotates the q and k parts of qkv in place (NeoX layout: pairs (i, i + D/2)).
   // qkv [T, (Hq + 2 Hkv) * D]; positions [T] int32; cos_sin [max_pos, D] float32 holding
   // cos for the D/2 frequencies then sin for them.

@@ -23,8 +23,11 @@ inline uint64_t mix64(uint64_t x) {
 
 }  // namespace
 
-BlockManager::BlockManager(int num_blocks, int block_size, bool enable_prefix_caching)
-    : num_blocks_(num_blocks), block_size_(block_size), enable_prefix_caching_(enable_prefix_caching) {
+BlockManager::BlockManager(int num_blocks, int block_size, bool enable_prefix_caching, bool separate_generated_blocks)
+    : num_blocks_(num_blocks),
+      block_size_(block_size),
+      enable_prefix_caching_(enable_prefix_caching),
+      separate_generated_blocks_(separate_generated_blocks) {
   LLMCORE_CHECK_ARG(num_blocks >= 1, "num_blocks must be >= 1, got ", num_blocks);
   LLMCORE_CHECK_ARG(block_size >= 1, "block_size must be >= 1, got ", block_size);
   blocks_.resize(num_blocks);
@@ -39,11 +42,16 @@ double BlockManager::usage() const {
   return 1.0 - static_cast<double>(num_free_blocks()) / static_cast<double>(num_blocks_);
 }
 
-uint64_t BlockManager::hash_block(uint64_t parent_hash, const int32_t* tokens) const {
+uint64_t BlockManager::hash_block(uint64_t parent_hash, const Sequence& seq, int index) const {
+  const int32_t* tokens = seq.token_ids.data() + static_cast<size_t>(index) * block_size_;
   uint64_t h = mix64(parent_hash);
   for (int i = 0; i < block_size_; ++i) {
     h = mix64(h ^ static_cast<uint64_t>(static_cast<uint32_t>(tokens[i])));
   }
+  // How many of the block's tokens are prompt tokens, when not all are and that matters (header).
+  const int prompt_in_block = std::clamp(seq.num_prompt_tokens - index * block_size_, 0, block_size_);
+  if (separate_generated_blocks_ && prompt_in_block < block_size_)
+    h = mix64(h ^ (0x67656e65726174ull + static_cast<uint64_t>(prompt_in_block)));
   return h;
 }
 
@@ -69,7 +77,7 @@ int BlockManager::lookup_prefix(Sequence& seq) {
     if (num_hit_blocks == static_cast<int>(seq.block_hashes.size())) {
       const uint64_t parent = num_hit_blocks == 0 ? kRootHash : seq.block_hashes.back();
       seq.block_hashes.push_back(
-          hash_block(parent, seq.token_ids.data() + static_cast<size_t>(num_hit_blocks) * block_size_));
+          hash_block(parent, seq, num_hit_blocks));
     }
     if (cached_.find(seq.block_hashes[num_hit_blocks]) == cached_.end()) break;
     ++num_hit_blocks;
@@ -159,7 +167,7 @@ void BlockManager::cache_full_blocks(Sequence& seq) {
                 seq.num_computed_tokens, " of ", seq.num_tokens(), " tokens");
   for (int i = static_cast<int>(seq.block_hashes.size()); i < num_full; ++i) {
     const uint64_t parent = i == 0 ? kRootHash : seq.block_hashes.back();
-    const uint64_t h = hash_block(parent, seq.token_ids.data() + static_cast<size_t>(i) * block_size_);
+    const uint64_t h = hash_block(parent, seq, i);
     seq.block_hashes.push_back(h);
     Block& block = blocks_[seq.block_table[i]];
     if (block.has_hash) {

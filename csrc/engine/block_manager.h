@@ -8,6 +8,13 @@
 //   -> free                           when the last referencing sequence is freed
 // A free block that still holds a hash can be revived by a prefix-cache hit until it is
 // handed out again for new tokens, which evicts its hash.
+//
+// A block's hash covers its tokens and its parent's hash. When generated-token rows are computed
+// by another kernel than prompt rows (backend.h, RowKinds; separate_generated_blocks), a block
+// holding generated tokens also hashes where its sequence's prompt ends, so that a block whose
+// tokens one request generated never stands in for the same tokens in another request's prompt
+// (DESIGN.md principle 6: a hit gives the bits a miss would). Blocks wholly inside the prompt hash
+// the same either way.
 #pragma once
 
 #include <cstdint>
@@ -27,7 +34,9 @@ struct BlockCopy {
 
 class BlockManager {
  public:
-  BlockManager(int num_blocks, int block_size, bool enable_prefix_caching);
+  // separate_generated_blocks: blocks holding generated tokens hash with the prompt's end (above);
+  // set when generated-token rows are computed apart (ExecutorConfig::generated_rows_apart).
+  BlockManager(int num_blocks, int block_size, bool enable_prefix_caching, bool separate_generated_blocks = false);
 
   int num_blocks() const { return num_blocks_; }
   int block_size() const { return block_size_; }
@@ -75,7 +84,8 @@ class BlockManager {
     std::list<int>::iterator free_pos;  // valid while ref_count == 0
   };
 
-  uint64_t hash_block(uint64_t parent_hash, const int32_t* tokens) const;
+  // Hash of block `index` of seq (its parent's hash given).
+  uint64_t hash_block(uint64_t parent_hash, const Sequence& seq, int index) const;
   bool prefix_caching_applies(const Sequence& seq) const;  // manager and sequence both allow it
   int take_free_block();        // pops the least recently freed block, evicting its hash
   void release_block(int block_id);
@@ -83,6 +93,7 @@ class BlockManager {
   int num_blocks_;
   int block_size_;
   bool enable_prefix_caching_;
+  bool separate_generated_blocks_;
   std::vector<Block> blocks_;
   std::list<int> free_list_;    // front: next to hand out
   std::unordered_map<uint64_t, int> cached_;  // hash -> block id

@@ -29,11 +29,12 @@ std::vector<int> make_buckets(int max_batch) {
 }  // namespace
 
 DecodeGraphs::DecodeGraphs(CudaBackend& backend, Model& model, KVCache& kv_cache, int block_size,
-                           int max_model_len, int max_batch)
+                           int max_model_len, int max_batch, bool generated_rows_apart)
     : backend_(backend),
       model_(model),
       kv_cache_(kv_cache),
       block_size_(block_size),
+      generated_rows_apart_(generated_rows_apart),
       max_model_len_(max_model_len),
       max_blocks_((max_model_len + block_size - 1) / block_size) {
   LLMCORE_CHECK(max_batch >= 1 && block_size >= 1 && max_model_len >= 1, "decode graphs: max_batch ",
@@ -101,6 +102,11 @@ ForwardInput DecodeGraphs::input_for(int batch, int max_seq_len) const {
                                       Device::kCUDA);
   in.logits_out = Tensor::wrap(logits_.data(), {batch, model_.config().vocab_size}, DType::kF32,
                                Device::kCUDA);
+  // Every row of a graphed step is a generated token (can_run), padding rows included.
+  if (generated_rows_apart_) {
+    in.row_kinds = RowKinds::all_generated(batch);
+    in.logits_row_kinds = RowKinds::all_generated(batch);
+  }
   return in;
 }
 
@@ -145,6 +151,8 @@ bool DecodeGraphs::can_run(const SchedulerOutput& out, const std::vector<LogitsR
   for (size_t i = 0; i < n; ++i) {
     const ScheduledSequence& ss = out.scheduled[i];
     if (ss.num_tokens != 1 || !ss.sample || lrs[i].first_row != 0 || lrs[i].num_rows != 1) return false;
+    // A prompt's last token computed alone (after a prefix-cache hit) is a prompt row: eager.
+    if (ss.seq->num_computed_tokens < ss.seq->num_prompt_tokens) return false;
     if (ss.seq->block_table.size() > static_cast<size_t>(max_blocks_)) return false;
     if (ss.seq->num_computed_tokens + 1 > max_model_len_) return false;
   }

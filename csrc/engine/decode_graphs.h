@@ -32,15 +32,16 @@ struct LogitsRequest;
 class DecodeGraphs {
  public:
   // Captures graphs for batch sizes up to max_batch (buckets 1, 2, 4, 8, then steps of 8 to 64
-  // and 16 beyond). kv_cache must be allocated and outlive this object.
+  // and 16 beyond). kv_cache must be allocated and outlive this object. generated_rows_apart: the
+  // graphs' rows are marked as generated tokens (ExecutorConfig::generated_rows_apart).
   DecodeGraphs(CudaBackend& backend, Model& model, KVCache& kv_cache, int block_size, int max_model_len,
-               int max_batch);
+               int max_batch, bool generated_rows_apart);
   ~DecodeGraphs();
   DecodeGraphs(const DecodeGraphs&) = delete;
   DecodeGraphs& operator=(const DecodeGraphs&) = delete;
 
-  // Whether `out` is a step the graphs can run: every sequence computes one token and samples it
-  // (logits row {0, 1}), and there are at most max_batch of them.
+  // Whether `out` is a step the graphs can run: every sequence computes one generated token and
+  // samples it (logits row {0, 1}), and there are at most max_batch of them.
   bool can_run(const SchedulerOutput& out, const std::vector<LogitsRequest>& logits_requests) const;
   // Runs it: returns logits [B, V] (a view of the shared buffer) whose first n rows are the
   // sequences' in order. The caller must read them before the next run.
@@ -58,6 +59,7 @@ class DecodeGraphs {
   Model& model_;
   KVCache& kv_cache_;
   const int block_size_;
+  const bool generated_rows_apart_;
   const int max_model_len_;
   const int max_blocks_;  // block-table width: ceil(max_model_len / block_size)
   int max_batch_ = 0;

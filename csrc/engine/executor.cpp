@@ -73,10 +73,12 @@ struct Executor::Rank {
 // One step's input arrays on the host, built once and copied to every rank's device.
 struct Executor::StepInput {
   std::vector<int32_t> token_ids, positions, slots, seq_lens, logits_rows, query_start_loc, block_tables;
+  RowKinds row_kinds, logits_row_kinds;  // generated-token rows: positions past the prompt
   int num_seqs = 0, num_tokens = 0, max_query_len = 0, max_seq_len = 0;
   int64_t max_blocks = 1;
 
-  StepInput(const SchedulerOutput& out, const std::vector<LogitsRequest>& logits_requests, int block_size) {
+  StepInput(const SchedulerOutput& out, const std::vector<LogitsRequest>& logits_requests, int block_size,
+            bool generated_rows_apart) {
     LLMCORE_CHECK(logits_requests.size() == out.scheduled.size());
     num_seqs = static_cast<int>(out.scheduled.size());
     num_tokens = out.num_batched_tokens;
@@ -88,6 +90,8 @@ struct Executor::StepInput {
     token_ids.reserve(num_tokens);
     positions.reserve(num_tokens);
     slots.reserve(num_tokens);
+    std::vector<bool> generated, generated_logits;
+    generated.reserve(num_tokens);
     for (int i = 0; i < num_seqs; ++i) {
       const ScheduledSequence& s = out.scheduled[i];
       const Sequence& seq = *s.seq;
@@ -100,6 +104,7 @@ struct Executor::StepInput {
         token_ids.push_back(seq.token_ids[p]);
         positions.push_back(p);
         slots.push_back(seq.block_table[p / block_size] * block_size + p % block_size);
+        generated.push_back(p >= seq.num_prompt_tokens);
       }
       query_start_loc.push_back(static_cast<int32_t>(token_ids.size()));
       seq_lens.push_back(start + s.num_tokens);
@@ -108,9 +113,16 @@ struct Executor::StepInput {
       max_seq_len = std::max(max_seq_len, start + s.num_tokens);
       const LogitsRequest& lr = logits_requests[i];
       LLMCORE_CHECK(lr.first_row >= 0 && lr.first_row + lr.num_rows <= s.num_tokens);
-      for (int r = 0; r < lr.num_rows; ++r) logits_rows.push_back(row0 + lr.first_row + r);
+      for (int r = 0; r < lr.num_rows; ++r) {
+        logits_rows.push_back(row0 + lr.first_row + r);
+        generated_logits.push_back(generated[static_cast<size_t>(row0 + lr.first_row + r)]);
+      }
     }
     LLMCORE_CHECK(static_cast<int>(token_ids.size()) == num_tokens);
+    if (generated_rows_apart) {
+      row_kinds = RowKinds::from_flags(generated);
+      logits_row_kinds = RowKinds::from_flags(generated_logits);
+    }
   }
 };
 
@@ -299,7 +311,7 @@ void Executor::capture_decode_graphs(int max_batch, int max_model_len) {
     auto* cuda = dynamic_cast<CudaBackend*>(rank.backend.get());
     rank.decode_graphs.reset();
     rank.decode_graphs = std::make_unique<DecodeGraphs>(*cuda, *rank.model, rank.kv_cache, config_.block_size,
-                                                        max_model_len, max_batch);
+                                                        max_model_len, max_batch, config_.generated_rows_apart);
   });
 #else
   (void)max_batch;
@@ -326,6 +338,8 @@ Tensor Executor::forward(Rank& rank, const StepInput& s) {
   in.attn.seq_lens = rank.to_device_i32(s.seq_lens, {s.num_seqs});
   in.attn.block_tables = rank.to_device_i32(s.block_tables, {s.num_seqs, s.max_blocks});
   in.attn.slot_mapping = rank.to_device_i32(s.slots, {s.num_tokens});
+  in.row_kinds = s.row_kinds;
+  in.logits_row_kinds = s.logits_row_kinds;
   return rank.model->forward(in, rank.kv_cache);
 }
 
@@ -338,7 +352,8 @@ Tensor Executor::execute(const SchedulerOutput& out, const std::vector<LogitsReq
   graphed = ranks_[0]->decode_graphs && ranks_[0]->decode_graphs->can_run(out, logits_requests);
 #endif
   std::unique_ptr<StepInput> input;
-  if (!graphed) input = std::make_unique<StepInput>(out, logits_requests, config_.block_size);
+  if (!graphed)
+    input = std::make_unique<StepInput>(out, logits_requests, config_.block_size, config_.generated_rows_apart);
   Tensor logits;
   // Every rank enqueues its part and returns without waiting for it: sample() enqueues the
   // sampling behind it and then waits for all ranks, so the GPUs never idle between the two.
@@ -386,7 +401,7 @@ int Executor::profile_num_kv_blocks(double gpu_memory_utilization, int max_num_b
     out.num_batched_tokens += n;
     lrs.push_back({n - 1, 1});
   }
-  const StepInput input(out, lrs, block_size);
+  const StepInput input(out, lrs, block_size, config_.generated_rows_apart);
   const int tp = tensor_parallel_size();
   const double block_bytes = static_cast<double>(kv_block_bytes(model_config_, block_size, kv_dtype(), tp));
   std::vector<int> blocks(ranks_.size(), 0);

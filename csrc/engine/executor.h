@@ -47,6 +47,10 @@ struct ExecutorConfig {
   int num_threads = 0; // CPU backend threads, 0 = all cores (split between CPU ranks)
   int tensor_parallel_size = 1;
   double tp_step_timeout_s = 300;  // a rank whose step runs longer aborts the group (a hang)
+  // Tell the model which rows are generated tokens (ForwardInput::row_kinds), so the CUDA backend
+  // computes them with its decode GEMM (kernels/linear/skinny_gemm.cu); off: every row is computed
+  // as a prompt row (cuBLASLt). The engine decides (llm_engine.cpp, kDecodeGemmMaxSeqs).
+  bool generated_rows_apart = false;
   // Test seam (LLMCORE_FAULT_INJECT="rank=R,step=N"): rank R throws in its N-th execute().
   int fault_rank = -1;
   int64_t fault_step = 0;

@@ -25,6 +25,12 @@ namespace {
 // their launch overhead being small next to their GPU time.
 constexpr int kMaxDecodeGraphBatch = 512;
 
+// Engines that never run more than this many sequences compute generated-token rows with the
+// decode GEMM (kernels/linear/skinny_gemm.cu): up to 16 rows it reads the weights faster than
+// cuBLASLt (8B shapes on an H100: batch-1 decode 6.41 ms/token against 7.72), beyond that it is
+// slower. The choice is per engine, never per step, so a row's kernel cannot depend on the batch.
+constexpr int kDecodeGemmMaxSeqs = 16;
+
 // generation_config.json's eos_token_id (an int, a list of ints, null or absent) of a checkpoint
 // directory; empty when the file or the field is missing. Models like Llama-3-Instruct list their
 // end-of-turn token (<|eot_id|>) only here.
@@ -165,6 +171,7 @@ LLMEngine::LLMEngine(const EngineConfig& config) : config_(config), seed_rng_(co
   ec.block_size = config.block_size;
   ec.num_threads = config.num_threads;
   ec.tensor_parallel_size = config.tensor_parallel_size;
+  ec.generated_rows_apart = config.device != "cpu" && config.max_num_seqs <= kDecodeGemmMaxSeqs;
   if (const char* timeout = std::getenv("LLMCORE_TP_STEP_TIMEOUT_S")) ec.tp_step_timeout_s = std::atof(timeout);
   const FaultPlan fault = parse_fault_plan(std::getenv("LLMCORE_FAULT_INJECT"));
   if (fault.rank >= 0) {
@@ -204,7 +211,8 @@ LLMEngine::LLMEngine(const EngineConfig& config) : config_(config), seed_rng_(co
     executor_->capture_decode_graphs(std::min(config.max_num_seqs, kMaxDecodeGraphBatch), max_model_len_);
     startup_times_.capture_graphs_s = now_s() - t_graphs;
   }
-  block_manager_ = std::make_unique<BlockManager>(num_blocks, config.block_size, config.enable_prefix_caching);
+  block_manager_ = std::make_unique<BlockManager>(num_blocks, config.block_size, config.enable_prefix_caching,
+                                                  ec.generated_rows_apart);
 
   SchedulerConfig sc;
   sc.max_num_seqs = config.max_num_seqs;

@@ -354,25 +354,26 @@ Tensor LlamaModel::forward(const ForwardInput& input, KVCache& kv_cache) {
   Tensor mlp_act = backend_.empty({num_tokens, intermediate_size_}, act);      // [T, I]
 
   auto bias = [](const Tensor& b) { return b.defined() ? &b : nullptr; };
+  const RowKinds* kinds = &input.row_kinds;  // generated-token rows may take another GEMM kernel
 
   backend_.embedding(residual, input.token_ids, embed_tokens_, vocab_start_, config_.vocab_size);
   all_reduce(residual);
   backend_.rms_norm(h, residual, layers_[0].input_layernorm, eps);
   for (size_t l = 0; l < layers_.size(); ++l) {
     const Layer& layer = layers_[l];
-    backend_.linear(qkv, h, layer.qkv_proj, bias(layer.qkv_bias));
+    backend_.linear(qkv, h, layer.qkv_proj, bias(layer.qkv_bias), kinds);
     backend_.rotary_embedding(qkv, input.positions, cos_sin_, attn_shape_);
     // The cache must hold this step's k/v before attention reads the context from it.
     backend_.write_kv_cache(qkv, kv_cache.k[l], kv_cache.v[l], input.attn.slot_mapping,
                             attn_shape_);
     backend_.paged_attention(attn, qkv, kv_cache.k[l], kv_cache.v[l], input.attn, attn_shape_,
                              scale, sliding_window);
-    backend_.linear(h, attn, layer.o_proj, bias(layer.o_bias));
+    backend_.linear(h, attn, layer.o_proj, bias(layer.o_bias), kinds);
     all_reduce_add_rms_norm(h, residual, layer.post_attention_layernorm);
 
-    backend_.linear(gate_up, h, layer.gate_up_proj, bias(layer.gate_up_bias));
+    backend_.linear(gate_up, h, layer.gate_up_proj, bias(layer.gate_up_bias), kinds);
     backend_.silu_and_mul(mlp_act, gate_up);
-    backend_.linear(h, mlp_act, layer.down_proj, bias(layer.down_bias));
+    backend_.linear(h, mlp_act, layer.down_proj, bias(layer.down_bias), kinds);
     const Tensor& next_norm = l + 1 < layers_.size() ? layers_[l + 1].input_layernorm : norm_;
     all_reduce_add_rms_norm(h, residual, next_norm);
   }
@@ -387,11 +388,11 @@ Tensor LlamaModel::forward(const ForwardInput& input, KVCache& kv_cache) {
   Tensor rows = backend_.empty({num_logits, hd}, act);  // [L, Hd]
   backend_.gather_rows(rows, h, input.logits_indices);
   if (!sharded) {
-    backend_.linear(logits, rows, lm_head_, nullptr);
+    backend_.linear(logits, rows, lm_head_, nullptr, &input.logits_row_kinds);
     return logits;
   }
   Tensor part = backend_.empty({num_logits, lm_head_.dim(0)}, DType::kF32);  // [L, Vr]: this rank's ids
-  backend_.linear(part, rows, lm_head_, nullptr);
+  backend_.linear(part, rows, lm_head_, nullptr, &input.logits_row_kinds);
   tp_.comm->all_gather_columns(logits, part);
   return logits;
 }

@@ -18,6 +18,8 @@ struct ForwardInput {
   Tensor logits_indices;  // [L] int32, on the device: rows of the step whose logits are wanted
   Tensor logits_out;      // optional [L, V] float32 on the device: where the logits go (CUDA graph
                           // replays read them from a fixed address); unset: a new tensor
+  RowKinds row_kinds;     // which of the T rows are generated tokens (backend.h); default: none
+  RowKinds logits_row_kinds;  // the same for the L logits rows (each the kind of its source row)
 };
 
 class Model {

@@ -17,6 +17,7 @@
 #include <cstring>
 
 #include "kernels/attention/attention.h"
+#include "kernels/common/mma.cuh"
 
 namespace llmcore::kernels::attention_detail {
 
@@ -168,11 +169,7 @@ struct HalfType<__nv_bfloat16> {
   __device__ static __nv_bfloat16 one(float x) { return __float2bfloat16_rn(x); }
   // d[16x8] += a[16x16] * b[16x8], fp32 accumulate.
   __device__ static void mma(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
-        "{%8,%9}, {%0,%1,%2,%3};\n"
-        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+    mma_m16n8k16<__nv_bfloat16>(d, a[0], a[1], a[2], a[3], b0, b1);
   }
 };
 
@@ -191,11 +188,7 @@ struct HalfType<__half> {
   __device__ static T2 pair(float lo, float hi) { return __floats2half2_rn(lo, hi); }
   __device__ static __half one(float x) { return __float2half_rn(x); }
   __device__ static void mma(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
-        "{%8,%9}, {%0,%1,%2,%3};\n"
-        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+    mma_m16n8k16<__half>(d, a[0], a[1], a[2], a[3], b0, b1);
   }
 };
 

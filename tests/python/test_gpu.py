@@ -112,6 +112,38 @@ def test_batch_invariance_on_gpu(cuda, llmcore, tmp_path, tokenizer_dir):
     assert small == alone
 
 
+def test_rows_keep_their_bits_whatever_the_step_on_gpu(cuda, llmcore, tmp_path, tokenizer_dir):
+    """With max_num_seqs <= 16 the engine computes generated-token rows with its decode GEMM and
+    prompt rows with cuBLASLt (backend.h, RowKinds), so each row must always take its own kind's
+    kernel: a request's logprobs (not only its tokens) are bit-identical alone, in batches of up to
+    16 (decode GEMM tilings for 1 to 16 rows, graphs and eager steps), with so few KV blocks that
+    requests are preempted and recomputed (their generated tokens then come back as rows of a long
+    step), after prefix-cache hits, and with prompts chunked into 8-token steps."""
+    path = _gpu_checkpoint("llama_gqa", tmp_path, tokenizer_dir)
+    params = llmcore.SamplingParams(temperature=0.0, max_tokens=24, ignore_eos=True, logprobs=2)
+    prompts = fixtures.prompt_texts(40, max_words=50)
+    kw = dict(max_num_seqs=16, max_model_len=256)
+
+    def bits(outs):
+        return [(list(o.outputs[0].token_ids),
+                 [sorted((t, lp.logprob) for t, lp in pos.items()) for pos in o.outputs[0].logprobs]) for o in outs]
+
+    with _Engine(llmcore, path, **kw) as llm:
+        alone = [bits(llm.generate(p, params, use_tqdm=False))[0] for p in prompts[:6]]
+        batch = bits(llm.generate(prompts, params, use_tqdm=False))
+        again = bits(llm.generate(prompts, params, use_tqdm=False))  # prefix-cache hits
+        assert llm.llm_engine.get_stats()["prefix_cache_hits"] > 0
+    with _Engine(llmcore, path, num_gpu_blocks_override=24, **kw) as tight:
+        preempted = bits(tight.generate(prompts[:16], params, use_tqdm=False))
+        assert tight.llm_engine.get_stats()["num_preemptions"] > 0
+    with _Engine(llmcore, path, max_num_batched_tokens=8, **kw) as chunked:
+        small = bits(chunked.generate(prompts[:6], params, use_tqdm=False))
+    assert batch[:6] == alone
+    assert again == batch
+    assert preempted == batch[:16]
+    assert small == alone
+
+
 def test_llama3_8b_shape_two_layers_matches_hf_bf16(cuda, llmcore, tmp_path, tokenizer_dir):
     """The Llama-3-8B shapes (hidden 4096, 32/8 heads, head_dim 128, intermediate 14336, vocab
     128256, rope theta 500000) with 2 layers and HF's default random init, saved in bf16. HF runs

@@ -93,7 +93,9 @@ class CpuBackend final : public Backend {
   void add_rms_norm(Tensor& x, Tensor& residual, const Tensor& weight, float eps) override {
     cpu::add_rms_norm(x, residual, weight, eps, num_threads_);
   }
-  void linear(Tensor& out, const Tensor& x, const Tensor& weight, const Tensor* bias) override {
+  // One kernel for both row kinds: each row's sum runs in the same order whatever its kind.
+  void linear(Tensor& out, const Tensor& x, const Tensor& weight, const Tensor* bias,
+              const RowKinds* /*kinds*/ = nullptr) override {
     cpu::linear(out, x, weight, bias, num_threads_);
   }
   void rotary_embedding(Tensor& qkv, const Tensor& positions, const Tensor& cos_sin,

@@ -185,9 +185,45 @@ void CudaBackend::add_rms_norm(Tensor& x, Tensor& residual, const Tensor& weight
   kernels::add_rms_norm(x, residual, weight, eps, stream_);
 }
 
-void CudaBackend::linear(Tensor& out, const Tensor& x, const Tensor& weight, const Tensor* bias) {
+void CudaBackend::linear(Tensor& out, const Tensor& x, const Tensor& weight, const Tensor* bias,
+                         const RowKinds* kinds) {
   cuda::DeviceGuard guard(device_);
-  linear_->run(out, x, weight, bias);
+  const bool any_generated = kinds != nullptr && !kinds->generated.empty();
+  // Whether the decode GEMM takes this weight depends on its dtype, K and alignment only; x is
+  // staged below when its base is misaligned, so that cannot change the kernel either.
+  if (!any_generated || x.ndim() != 2 || x.dim(0) == 0 || !kernels::skinny_gemm_supports(weight)) {
+    linear_->run(out, x, weight, bias);
+    return;
+  }
+  const int64_t rows = x.dim(0);
+  Tensor x_staged;
+  const Tensor* x_use = &x;
+  if (reinterpret_cast<uintptr_t>(x.data()) % 16 != 0) {
+    x_staged = empty(x.shape(), x.dtype());
+    LLMCORE_CUDA_CHECK(cudaMemcpyAsync(x_staged.data(), x.data(), x.nbytes(), cudaMemcpyDeviceToDevice, stream_));
+    x_use = &x_staged;
+  }
+  if (bias != nullptr) {
+    LLMCORE_CHECK(bias->device() == Device::kCUDA, "linear: bias must be on cuda");
+    bias->check("linear bias", x.dtype(), {weight.dim(0)});
+  }
+  // Prompt rows between the generated ranges go to cuBLASLt as row slices, generated ranges to
+  // the decode GEMM.
+  int64_t done = 0;
+  auto prompt_rows = [&](int64_t end) {
+    if (end <= done) return;
+    Tensor o = out.narrow_rows(done, end - done);
+    linear_->run(o, x_use->narrow_rows(done, end - done), weight, bias);
+  };
+  for (const auto& [begin, end] : kinds->generated) {
+    LLMCORE_CHECK(begin >= done && begin < end && end <= rows, "linear: generated rows [", begin, ", ", end,
+                  ") are not sorted, disjoint ranges inside [0, ", rows, ")");
+    prompt_rows(begin);
+    Tensor o = out.narrow_rows(begin, end - begin);
+    kernels::skinny_gemm(o, x_use->narrow_rows(begin, end - begin), weight, bias, stream_);
+    done = end;
+  }
+  prompt_rows(rows);
 }
 
 void CudaBackend::rotary_embedding(Tensor& qkv, const Tensor& positions, const Tensor& cos_sin,

@@ -51,7 +51,11 @@ class CudaBackend final : public Backend {
                  int64_t vocab_size) override;
   void rms_norm(Tensor& out, const Tensor& x, const Tensor& weight, float eps) override;
   void add_rms_norm(Tensor& x, Tensor& residual, const Tensor& weight, float eps) override;
-  void linear(Tensor& out, const Tensor& x, const Tensor& weight, const Tensor* bias) override;
+  // Generated-token rows (kinds) through the decode GEMM (kernels/linear/skinny_gemm.cu), prompt
+  // rows through cuBLASLt (cuda_linear.cpp), when the decode GEMM takes the weight; otherwise all
+  // rows through cuBLASLt. Either way a row's bits depend only on the row, its kind and the weight.
+  void linear(Tensor& out, const Tensor& x, const Tensor& weight, const Tensor* bias,
+              const RowKinds* kinds = nullptr) override;
   void rotary_embedding(Tensor& qkv, const Tensor& positions, const Tensor& cos_sin,
                         const AttnShape& shape) override;
   void write_kv_cache(const Tensor& qkv, Tensor& k_cache, Tensor& v_cache,

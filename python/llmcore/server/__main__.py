@@ -27,7 +27,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--api-key", default=os.environ.get("LLMCORE_API_KEY"),
                    help="require 'Authorization: Bearer KEY' (default: $LLMCORE_API_KEY; none)")
     p.add_argument("--max-model-len", type=int, default=None)
-    p.add_argument("--max-num-seqs", type=int, default=256)
+    p.add_argument("--max-num-seqs", type=int, default=256,
+                   help="sequences per step at most; <= 16 on a GPU also turns on the engine's decode GEMM "
+                        "(lower per-token latency, see benchmarks/README.md)")
     p.add_argument("--max-num-batched-tokens", type=int, default=None)
     p.add_argument("--dtype", default="auto")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])

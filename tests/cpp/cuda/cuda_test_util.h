@@ -163,4 +163,30 @@ inline double rounding_rtol(DType dtype, int roundings) {
 
 inline std::unique_ptr<Backend> make_backend(DType dtype) { return create_cuda_backend(0, dtype); }
 
+// Euclidean norm of each row of a float32 [R, C] CPU tensor, in double (linear tests bound the
+// fp32 accumulation error by |x_t| |w_n|).
+inline std::vector<double> row_norms(const Tensor& t) {
+  const int64_t rows = t.dim(0), cols = t.dim(1);
+  std::vector<double> norms(static_cast<size_t>(rows));
+  for (int64_t r = 0; r < rows; ++r) {
+    double s = 0.0;
+    for (int64_t c = 0; c < cols; ++c) {
+      const double v = t.data_as<float>()[r * cols + c];
+      s += v * v;
+    }
+    norms[static_cast<size_t>(r)] = std::sqrt(s);
+  }
+  return norms;
+}
+
+// Rows of a float CPU tensor picked by `rows` (repeats allowed).
+inline Tensor pick_rows(const Tensor& t, const std::vector<int64_t>& rows) {
+  const int64_t cols = t.dim(1);
+  Tensor out = Tensor::empty({static_cast<int64_t>(rows.size()), cols}, DType::kF32);
+  for (size_t i = 0; i < rows.size(); ++i)
+    std::memcpy(out.data_as<float>() + i * cols, t.data_as<float>() + rows[i] * cols,
+                static_cast<size_t>(cols) * sizeof(float));
+  return out;
+}
+
 }  // namespace llmcore::cuda_testing

@@ -168,6 +168,44 @@ TEST(BlockManager, PrefixHitsFollowTheHashChain) {
   expect_all_free(bm);
 }
 
+// With separate_generated_blocks, blocks holding generated tokens hash with the prompt's end
+// (block_manager.h): the GPU then computes generated-token rows with another kernel, so they must
+// not serve another request's prompt.
+TEST(BlockManager, GeneratedBlocksOnlyHitSequencesWithTheSamePromptEnd) {
+  BlockManager bm(16, 4, true, /*separate_generated_blocks=*/true);
+  Sequence a = make_seq(1, iota_tokens(6, 0));  // prompt 0..5
+  for (int32_t t : {6, 7, 8, 9, 10, 11}) a.token_ids.push_back(t);  // generated 6..11
+  prefill(bm, a);  // blocks [0..3] prompt, [4..7] prompt 4, 5 + generated 6, 7, [8..11] generated
+  ASSERT_EQ(a.block_hashes.size(), 3u);
+
+  // The same 13 tokens as a prompt: only the block wholly inside both prompts hits.
+  Sequence chat = make_seq(2, iota_tokens(13, 0));
+  EXPECT_EQ(bm.lookup_prefix(chat), 4);
+
+  // The same tokens with the same prompt end (a's recompute after preemption, or a fork): all
+  // three blocks hit.
+  Sequence again = make_seq(3, iota_tokens(6, 0));
+  for (int32_t t : {6, 7, 8, 9, 10, 11, 12}) again.token_ids.push_back(t);
+  EXPECT_EQ(bm.lookup_prefix(again), 12);
+
+  // Another prompt end inside the same block: the mixed block differs, and so its children.
+  Sequence other_end = make_seq(4, iota_tokens(7, 0));
+  for (int32_t t : {7, 8, 9, 10, 11, 12}) other_end.token_ids.push_back(t);
+  EXPECT_EQ(bm.lookup_prefix(other_end), 4);
+  bm.free(a);
+  expect_all_free(bm);
+
+  // Without the separation (one GEMM kernel for every row) the chat prompt hits all three.
+  BlockManager one_kernel(16, 4, true);
+  Sequence b = a;
+  b.block_table.clear();
+  b.block_hashes.clear();
+  prefill(one_kernel, b);
+  Sequence chat2 = make_seq(5, iota_tokens(13, 0));
+  EXPECT_EQ(one_kernel.lookup_prefix(chat2), 12);
+  one_kernel.free(b);
+}
+
 TEST(BlockManager, HitLeavesTheLastTokenUncached) {
   BlockManager bm(16, 4, true);
   Sequence a = make_seq(1, iota_tokens(8, 0));  // exactly two full blocks

@@ -1,0 +1,138 @@
+// The decode GEMM (kernels/linear/skinny_gemm.cu): against the CPU backend's fp32 linear on the
+// same, exactly representable inputs (bf16 and fp16, bias or not, 16-bit or float32 output, N and
+// K that are and are not multiples of the tiles), and batch invariance: a token row's output bits
+// are the same at every M, in every position of the batch, and under every tiling the kernel has.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstring>
+#include <random>
+#include <vector>
+
+#include "cuda_test_util.h"
+#include "kernels/kernels.h"
+
+namespace llmcore {
+namespace {
+
+using namespace cuda_testing;
+
+struct Case {
+  int64_t n, k;
+};
+
+CudaBackend& cuda_of(Backend& be) { return dynamic_cast<CudaBackend&>(be); }
+
+TEST(CudaSkinnyGemm, MatchesCpu) {
+  LLMCORE_SKIP_WITHOUT_CUDA();
+  constexpr double kAccum = 5e-5;  // fp32 accumulation allowance, times |x_t| |w_n|
+  auto cpu = create_cpu_backend(0);
+  std::mt19937 rng(811);
+  for (DType dt : {DType::kBF16, DType::kF16}) {
+    auto be = make_backend(dt);
+    for (const Case& c : {Case{64, 64}, Case{100, 40}, Case{37, 8}, Case{1000, 520}, Case{33, 136},
+                          Case{4096, 4096}, Case{16, 1032}}) {
+      const bool big = c.n * c.k > (1 << 20);  // a model-sized weight: fewer combinations
+      for (int64_t m : {1, 3, 8, 9, 17, 64, 65, 130}) {
+        if (big && m != 1 && m != 65) continue;
+        for (int combo = 0; combo < 4; ++combo) {
+          if (big && combo != 0 && combo != 3) continue;
+          const bool with_bias = combo & 1;
+          const DType out_dt = (combo & 2) ? DType::kF32 : dt;
+          const Tensor x = random_rounded({m, c.k}, dt, rng);
+          const Tensor w = random_rounded({c.n, c.k}, dt, rng);
+          const Tensor bias = random_rounded({c.n}, dt, rng);
+          Tensor want = Tensor::empty({m, c.n}, DType::kF32);
+          cpu->linear(want, x, w, with_bias ? &bias : nullptr);
+
+          Tensor out = poisoned(*be, {m, c.n}, out_dt);
+          const Tensor bias_dev = upload_as(*be, bias, dt);
+          const Tensor x_dev = upload_as(*be, x, dt), w_dev = be->load_weight(w);
+          ASSERT_TRUE(kernels::skinny_gemm_supports(w_dev));
+          kernels::skinny_gemm(out, x_dev, w_dev, with_bias ? &bias_dev : nullptr, cuda_of(*be).stream());
+
+          const std::vector<double> xn = row_norms(x), wn = row_norms(w);
+          std::vector<double> atol(static_cast<size_t>(m * c.n));
+          for (int64_t t = 0; t < m; ++t)
+            for (int64_t j = 0; j < c.n; ++j) atol[static_cast<size_t>(t * c.n + j)] = kAccum * xn[t] * wn[j] + 1e-6;
+          const double rtol = out_dt == DType::kF32 ? 1e-6 : rounding_rtol(dt, 1);
+          ASSERT_TRUE(all_close(download_f32(*be, out), want, rtol, atol))
+              << short_name(dt) << " N " << c.n << " K " << c.k << " M " << m << (with_bias ? " bias" : "")
+              << (out_dt == DType::kF32 ? " f32 out" : "");
+        }
+      }
+    }
+  }
+}
+
+TEST(CudaSkinnyGemm, RowBitsDoNotDependOnMPositionOrTiling) {
+  LLMCORE_SKIP_WITHOUT_CUDA();
+  std::mt19937 rng(812);
+  const int64_t pool_rows = 200;
+  for (DType dt : {DType::kBF16, DType::kF16}) {
+    auto be = make_backend(dt);
+    cudaStream_t stream = cuda_of(*be).stream();
+    for (const Case& c : {Case{300, 1032}, Case{4096, 512}, Case{24, 8}}) {
+      for (const bool f32_out : {false, true}) {
+        const DType out_dt = f32_out ? DType::kF32 : dt;
+        const Tensor pool = random_rounded({pool_rows, c.k}, dt, rng);
+        const Tensor w = be->load_weight(random_rounded({c.n, c.k}, dt, rng));
+        const Tensor bias = upload_as(*be, random_rounded({c.n}, dt, rng), dt);
+        const size_t row_bytes = static_cast<size_t>(c.n) * dtype_size(out_dt);
+
+        // Reference: each pool row alone (M = 1).
+        std::vector<Tensor> alone;
+        for (int64_t r = 0; r < pool_rows; ++r) {
+          Tensor out = poisoned(*be, {1, c.n}, out_dt);
+          kernels::skinny_gemm(out, upload_as(*be, pool.narrow_rows(r, 1), dt), w, &bias, stream);
+          alone.push_back(download(*be, out));
+        }
+        // Random selections of rows (repeats allowed, any order) at several M, every tiling.
+        for (int64_t m : {2, 8, 13, 64, 130, 200}) {
+          std::vector<int64_t> rows(static_cast<size_t>(m));
+          std::uniform_int_distribution<int64_t> pick(0, pool_rows - 1);
+          for (auto& r : rows) r = pick(rng);
+          const Tensor x = upload_as(*be, pick_rows(pool, rows), dt);
+          for (const kernels::SkinnyGemmTiling& tiling : kernels::skinny_gemm_tilings()) {
+            Tensor out = poisoned(*be, {m, c.n}, out_dt);
+            kernels::skinny_gemm(out, x, w, &bias, stream, tiling);
+            const Tensor got = download(*be, out);
+            for (int64_t i = 0; i < m; ++i) {
+              ASSERT_EQ(std::memcmp(static_cast<const char*>(got.data()) + i * row_bytes,
+                                    alone[static_cast<size_t>(rows[i])].data(), row_bytes),
+                        0)
+                  << short_name(dt) << " N " << c.n << " K " << c.k << (f32_out ? " f32" : "") << ": row " << i
+                  << " of M=" << m << " (pool row " << rows[i] << "), tiling " << tiling.col_tiles << "x"
+                  << tiling.row_tiles;
+            }
+          }
+        }
+      }
+    }
+  }
+}
+
+TEST(CudaSkinnyGemm, RefusesWhatItCannotRun) {
+  LLMCORE_SKIP_WITHOUT_CUDA();
+  auto be = make_backend(DType::kBF16);
+  cudaStream_t stream = cuda_of(*be).stream();
+  const Tensor w = be->empty({8, 12}, DType::kBF16);  // K % 8 != 0
+  const Tensor x = be->empty({2, 12}, DType::kBF16);
+  EXPECT_FALSE(kernels::skinny_gemm_supports(w));
+  Tensor out = be->empty({2, 8}, DType::kBF16);
+  EXPECT_THROW(kernels::skinny_gemm(out, x, w, nullptr, stream), Error);
+  const Tensor w16 = be->empty({8, 16}, DType::kBF16), x16 = be->empty({2, 16}, DType::kBF16);
+  EXPECT_TRUE(kernels::skinny_gemm_supports(w16));
+  EXPECT_FALSE(kernels::skinny_gemm_supports(Tensor::empty({8, 16}, DType::kBF16)));  // on the host
+  Tensor wrong = be->empty({2, 9}, DType::kBF16);
+  EXPECT_THROW(kernels::skinny_gemm(wrong, x16, w16, nullptr, stream), Error);
+  Tensor i32 = be->empty({2, 8}, DType::kI32);
+  EXPECT_THROW(kernels::skinny_gemm(i32, x16, w16, nullptr, stream), Error);
+  // An x view one element past its allocation's start is not 16-byte aligned.
+  Tensor buf = be->empty({2 * 16 + 8}, DType::kBF16);
+  const Tensor x_odd = Tensor::wrap(static_cast<char*>(buf.data()) + 2, {2, 16}, DType::kBF16, Device::kCUDA);
+  EXPECT_THROW(kernels::skinny_gemm(out, x_odd, w16, nullptr, stream), Error);
+}
+
+}  // namespace
+}  // namespace llmcore
