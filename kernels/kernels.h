@@ -88,6 +88,8 @@ bool skinny_gemm_supports(const Tensor& weight);
 // tensor cores, fp32 accumulation in a fixed order, each output depending only on its token row
 // and the weight (batch invariant at any M, see the .cu). Faster than cuBLASLt up to 16 rows
 // (decode steps of few sequences); prompt rows go through cuBLASLt (backend/cuda/cuda_linear.cpp).
+// Launched with programmatic dependent launch (common/pdl.cuh): it reads the weight before the
+// previous kernel in the stream has finished, so that kernel must not write the weight.
 void skinny_gemm(Tensor& out, const Tensor& x, const Tensor& weight, const Tensor* bias, cudaStream_t stream,
                  SkinnyGemmTiling tiling = {});
 

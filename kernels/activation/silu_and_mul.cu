@@ -2,6 +2,7 @@
 // to the activation dtype before the multiply, as HF's `act_fn(gate_proj(x)) * up_proj(x)` and
 // vLLM's silu_and_mul do on 16-bit tensors.
 #include "kernels/common/dispatch.cuh"
+#include "kernels/common/pdl.cuh"
 #include "kernels/common/tensor_checks.h"
 #include "kernels/common/vec.cuh"
 #include "kernels/kernels.h"
@@ -20,6 +21,7 @@ struct SiluAndMulParams {
 // One block per row.
 template <typename T, int kVec>
 __global__ void SiluAndMulKernel(SiluAndMulParams<T> p) {
+  pdl_launch_dependents();  // the down GEMM may start loading its weights (common/pdl.cuh)
   const int64_t row = blockIdx.x;
   const T* gate = p.x + row * 2 * p.inter;  // [I]
   const T* up = gate + p.inter;             // [I]

@@ -30,6 +30,7 @@
 #include "kernels/attention/attention.h"
 #include "kernels/attention/paged_attention_tile.cuh"
 #include "kernels/common/dispatch.cuh"
+#include "kernels/common/pdl.cuh"
 
 namespace llmcore::kernels {
 
@@ -46,6 +47,7 @@ using namespace attention_detail;
 template <typename T, int D, bool kSplit>
 __global__ void __launch_bounds__(CtaShape<kSplit>::kThreads)
     PagedAttentionKernel(const Params p) {
+  pdl_launch_dependents();  // o_proj's decode GEMM may start loading its weights (common/pdl.cuh)
   using Shape = TileShape<D>;
   using Cta = CtaShape<kSplit>;
   using H = HalfType<T>;
@@ -290,6 +292,7 @@ __global__ void __launch_bounds__(CtaShape<kSplit>::kThreads)
 // spread over the block's threads.
 template <typename T, int D>
 __global__ void __launch_bounds__(kCombineThreads) PagedAttentionCombineKernel(const Params p) {
+  pdl_launch_dependents();
   const int seq = blockIdx.x, head = blockIdx.y;
   const int q_begin = p.query_start_loc[seq];
   const int query_len = p.query_start_loc[seq + 1] - q_begin;

@@ -4,6 +4,7 @@
 #include <cstdint>
 
 #include "kernels/common/dispatch.cuh"
+#include "kernels/common/pdl.cuh"
 #include "kernels/common/tensor_checks.h"
 #include "kernels/kernels.h"
 
@@ -54,6 +55,7 @@ __device__ __forceinline__ uint8_t all_ones<uint8_t>() {
 // One block per output row.
 template <typename Unit>
 __global__ void GatherRowsKernel(GatherParams p) {
+  pdl_launch_dependents();  // the lm_head's decode GEMM may start loading its weights
   const int64_t row = blockIdx.x;
   const int32_t idx = p.index[row];
   Unit* dst = static_cast<Unit*>(p.out) + row * p.row_units;  // [row_units]

@@ -23,6 +23,9 @@
 // in the mma's fp32 accumulators, and warp 0 adds the others' sums in warp order. Weight loads of
 // the next chunk are issued before the current chunk's mmas (register double buffering) and
 // bypass L1 (each weight element is read once; the token rows, read by every row tile, stay there).
+// The kernel is launched with programmatic dependent launch (common/pdl.cuh): its CTAs start and
+// load their first weights while the kernel producing x (RMSNorm, SiLU-and-mul, attention)
+// finishes.
 //
 // Batch invariance: an output element is fixed by its weight row, its token row, kChunk and
 // kKWarps (constants), and the mma, whose output column n depends only on B's column n. The number
@@ -36,6 +39,7 @@
 
 #include "kernels/common/dispatch.cuh"
 #include "kernels/common/mma.cuh"
+#include "kernels/common/pdl.cuh"
 #include "kernels/common/tensor_checks.h"
 #include "kernels/kernels.h"
 
@@ -168,6 +172,9 @@ __global__ void __launch_bounds__(kRowTiles * kKWarps * 32)
   uint4 wa[kSubSteps][2], wb[kSubSteps][2];
   int chunk = kw;
   if (chunk < num_chunks) load_chunk(chunk, wa);
+  // Launched with programmatic dependent launch: the first weights are on their way while the
+  // kernel that writes x may still be finishing; x and out are touched only after this.
+  pdl_wait();
   while (chunk < num_chunks) {
     const int next = chunk + kKWarps;
     if (next < num_chunks) load_chunk(next, wb);
@@ -188,8 +195,7 @@ template <typename T, typename OutT, int kColTiles, int kRowTiles>
 void launch(const SkinnyParams<T, OutT>& p, cudaStream_t stream) {
   const dim3 grid(static_cast<unsigned>(util::ceil_div(p.m, 8 * kColTiles)),
                   static_cast<unsigned>(util::ceil_div(p.n, 16 * kRowTiles)));
-  SkinnyGemmKernel<T, OutT, kColTiles, kRowTiles><<<grid, kRowTiles * kKWarps * 32, 0, stream>>>(p);
-  LLMCORE_CUDA_CHECK_LAUNCH();
+  launch_with_pdl(SkinnyGemmKernel<T, OutT, kColTiles, kRowTiles>, grid, dim3(kRowTiles * kKWarps * 32), stream, p);
 }
 
 template <typename T, typename OutT>

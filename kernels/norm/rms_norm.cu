@@ -7,6 +7,7 @@
 // value x * inv_rms is rounded to the activation dtype before the weight multiplies it, and the
 // product is rounded once more.
 #include "kernels/common/dispatch.cuh"
+#include "kernels/common/pdl.cuh"
 #include "kernels/common/tensor_checks.h"
 #include "kernels/common/vec.cuh"
 #include "kernels/kernels.h"
@@ -29,6 +30,7 @@ struct RmsNormParams {
 // passes, so the second pass re-reads only what the same thread wrote in the first.
 template <typename T, int kVec, bool kAddResidual>
 __global__ void RmsNormKernel(RmsNormParams<T> p) {
+  pdl_launch_dependents();  // the GEMM after it may start loading its weights (common/pdl.cuh)
   const int64_t row_start = static_cast<int64_t>(blockIdx.x) * p.hidden;
   const T* x = p.x + row_start;                                   // [Hd]
   T* out = p.out + row_start;                                     // [Hd]
