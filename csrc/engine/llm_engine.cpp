@@ -27,7 +27,7 @@ constexpr int kMaxDecodeGraphBatch = 512;
 
 // Engines that never run more than this many sequences compute generated-token rows with the
 // decode GEMM (kernels/linear/skinny_gemm.cu): up to 16 rows it reads the weights faster than
-// cuBLASLt (8B shapes on an H100: batch-1 decode 6.41 ms/token against 7.72), beyond that it is
+// cuBLASLt (8B shapes on an H100: batch-1 decode 6.15 ms/token against 7.74), beyond that it is
 // slower. The choice is per engine, never per step, so a row's kernel cannot depend on the batch.
 constexpr int kDecodeGemmMaxSeqs = 16;
 

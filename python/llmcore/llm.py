@@ -51,8 +51,8 @@ class LLM:
     blocks (of ``block_size`` tokens); on the CPU the cache otherwise takes
     ``LLMCORE_CPU_KVCACHE_SPACE`` GiB (default 4), capped at what ``max_num_seqs`` full-length
     sequences can use. With ``max_num_seqs`` <= 16 on a GPU, decode steps run the engine's own
-    decode GEMM, faster than cuBLAS up to 16 rows (batch-1 decode of the 8B shape on an H100: 6.4
-    against 7.7 ms per token); larger engines use cuBLAS for every row.
+    decode GEMM, faster than cuBLAS up to 16 rows (batch-1 decode of the 8B shape on an H100: 6.15
+    against 7.74 ms per token); larger engines use cuBLAS for every row.
 
     ``generation_config``: "auto" takes the sampling defaults (temperature, top_p, top_k, min_p,
     repetition_penalty, max_new_tokens) of the checkpoint's generation_config.json for calls that
