@@ -114,17 +114,18 @@ def _hf_prompt_error(outs, hf32, torch) -> float:
 
 
 # -- the tiny checkpoints ----------------------------------------------------------------------------
-@pytest.mark.parametrize("tp", [2, 4])
+@pytest.mark.parametrize("tp,max_num_seqs", [(2, 256), (4, 256), (2, 16)])
 @pytest.mark.parametrize("kind", ["llama_gqa", "llama3_rope", "qwen2_tied", "mistral_head_dim"])
-def test_tiny_checkpoints_tp_match_tp1(kind, tp, llmcore, tmp_path, tokenizer_dir):
+def test_tiny_checkpoints_tp_match_tp1(kind, tp, max_num_seqs, llmcore, tmp_path, tokenizer_dir):
+    """TP=2/4 against TP=1 within bf16 tolerance; max_num_seqs 16 runs the decode GEMM on both."""
     torch = need_gpus(llmcore, tp)
     path = fixtures.build_gpu_checkpoint(kind, tmp_path, tokenizer_dir)
     params = llmcore.SamplingParams(temperature=0.0, max_tokens=24, ignore_eos=True, logprobs=TOP_K,
                                     prompt_logprobs=1)
     prompts = fixtures.prompt_texts(6, max_words=40)
-    with engine(llmcore, path, 1) as llm:
+    with engine(llmcore, path, 1, max_num_seqs=max_num_seqs) as llm:
         ref = llm.generate(prompts, params, use_tqdm=False)
-    with engine(llmcore, path, tp) as llm:
+    with engine(llmcore, path, tp, max_num_seqs=max_num_seqs) as llm:
         assert llm.llm_engine.native.tensor_parallel_size == tp
         got = llm.generate(prompts, params, use_tqdm=False)
         fixtures.assert_all_blocks_free(llm)
@@ -140,10 +141,12 @@ def test_tiny_checkpoints_tp_match_tp1(kind, tp, llmcore, tmp_path, tokenizer_di
     assert compared >= total // 3, f"{kind} TP={tp}: only {compared} of {total} greedy steps compared"
 
 
-def test_decode_graphs_match_eager_under_tp(llmcore, tmp_path, tokenizer_dir):
+@pytest.mark.parametrize("max_num_seqs", [256, 16])
+def test_decode_graphs_match_eager_under_tp(max_num_seqs, llmcore, tmp_path, tokenizer_dir):
     """At TP=2 the decode CUDA graphs capture the NCCL all-reduces: replaying them gives the bits
     eager steps give (greedy and seeded sampling; batches that pad to a graph size; contexts past
-    the 512-key attention partition)."""
+    the 512-key attention partition). max_num_seqs 16: generated-token rows through the decode GEMM
+    on each rank's shard."""
     need_gpus(llmcore, 2)
     path = fixtures.build_gpu_checkpoint("llama_gqa", tmp_path, tokenizer_dir)
     cfg = json.loads((path / "config.json").read_text())
@@ -163,10 +166,10 @@ def test_decode_graphs_match_eager_under_tp(llmcore, tmp_path, tokenizer_dir):
                             [sorted((t, lp.logprob) for t, lp in pos.items()) for pos in o.outputs[0].logprobs]))
         return res
 
-    with engine(llmcore, path, 2) as graphs:
+    with engine(llmcore, path, 2, max_num_seqs=max_num_seqs) as graphs:
         assert list(graphs.llm_engine.native.decode_graph_sizes), "no decode graphs at TP=2"
         with_graphs = run(graphs)
-    with engine(llmcore, path, 2, enforce_eager=True) as eager:
+    with engine(llmcore, path, 2, enforce_eager=True, max_num_seqs=max_num_seqs) as eager:
         assert list(eager.llm_engine.native.decode_graph_sizes) == []
         without = run(eager)
     assert with_graphs == without
