@@ -134,5 +134,49 @@ TEST(CudaSkinnyGemm, RefusesWhatItCannotRun) {
   EXPECT_THROW(kernels::skinny_gemm(out, x_odd, w16, nullptr, stream), Error);
 }
 
+// CudaBackend::linear with RowKinds: generated rows carry the decode GEMM's bits, the prompt rows
+// between them (cuBLASLt on row slices, some starting at odd rows) the bits cuBLASLt gives the
+// whole batch.
+TEST(CudaSkinnyGemm, BackendLinearSendsEachRowKindToItsKernel) {
+  LLMCORE_SKIP_WITHOUT_CUDA();
+  std::mt19937 rng(813);
+  for (DType dt : {DType::kBF16, DType::kF16}) {
+    auto be = make_backend(dt);
+    cudaStream_t stream = cuda_of(*be).stream();
+    const int64_t m = 20, n = 300, k = 520;
+    const Tensor x = upload_as(*be, random_rounded({m, k}, dt, rng), dt);
+    const Tensor w = be->load_weight(random_rounded({n, k}, dt, rng));
+    const Tensor bias = upload_as(*be, random_rounded({n}, dt, rng), dt);
+    RowKinds kinds;
+    kinds.generated = {{0, 3}, {7, 8}, {15, 20}};
+    for (const DType out_dt : {dt, DType::kF32}) {
+      Tensor got = poisoned(*be, {m, n}, out_dt), prompt = poisoned(*be, {m, n}, out_dt),
+             generated = poisoned(*be, {m, n}, out_dt);
+      be->linear(got, x, w, &bias, &kinds);
+      be->linear(prompt, x, w, &bias);  // no kinds: every row through cuBLASLt
+      kernels::skinny_gemm(generated, x, w, &bias, stream);
+      const Tensor g = download(*be, got), p = download(*be, prompt), d = download(*be, generated);
+      const size_t row_bytes = static_cast<size_t>(n) * dtype_size(out_dt);
+      for (int64_t r = 0; r < m; ++r) {
+        bool is_generated = false;
+        for (const auto& [b, e] : kinds.generated) is_generated = is_generated || (r >= b && r < e);
+        const Tensor& want = is_generated ? d : p;
+        EXPECT_EQ(std::memcmp(static_cast<const char*>(g.data()) + r * row_bytes,
+                              static_cast<const char*>(want.data()) + r * row_bytes, row_bytes),
+                  0)
+            << short_name(dt) << (out_dt == DType::kF32 ? " f32" : "") << " row " << r
+            << (is_generated ? " (generated)" : " (prompt)");
+      }
+    }
+    RowKinds unsorted;
+    unsorted.generated = {{5, 8}, {2, 4}};
+    Tensor out = be->empty({m, n}, dt);
+    EXPECT_THROW(be->linear(out, x, w, nullptr, &unsorted), Error);
+    RowKinds outside;
+    outside.generated = {{18, 21}};
+    EXPECT_THROW(be->linear(out, x, w, nullptr, &outside), Error);
+  }
+}
+
 }  // namespace
 }  // namespace llmcore
