@@ -90,8 +90,8 @@ struct Executor::StepInput {
     token_ids.reserve(num_tokens);
     positions.reserve(num_tokens);
     slots.reserve(num_tokens);
-    std::vector<bool> generated, generated_logits;
-    generated.reserve(num_tokens);
+    std::vector<bool> generated, generated_logits;  // filled only when the model is told the kinds
+    if (generated_rows_apart) generated.reserve(num_tokens);
     for (int i = 0; i < num_seqs; ++i) {
       const ScheduledSequence& s = out.scheduled[i];
       const Sequence& seq = *s.seq;
@@ -104,7 +104,7 @@ struct Executor::StepInput {
         token_ids.push_back(seq.token_ids[p]);
         positions.push_back(p);
         slots.push_back(seq.block_table[p / block_size] * block_size + p % block_size);
-        generated.push_back(p >= seq.num_prompt_tokens);
+        if (generated_rows_apart) generated.push_back(p >= seq.num_prompt_tokens);
       }
       query_start_loc.push_back(static_cast<int32_t>(token_ids.size()));
       seq_lens.push_back(start + s.num_tokens);
@@ -115,7 +115,7 @@ struct Executor::StepInput {
       LLMCORE_CHECK(lr.first_row >= 0 && lr.first_row + lr.num_rows <= s.num_tokens);
       for (int r = 0; r < lr.num_rows; ++r) {
         logits_rows.push_back(row0 + lr.first_row + r);
-        generated_logits.push_back(generated[static_cast<size_t>(row0 + lr.first_row + r)]);
+        if (generated_rows_apart) generated_logits.push_back(generated[static_cast<size_t>(row0 + lr.first_row + r)]);
       }
     }
     LLMCORE_CHECK(static_cast<int>(token_ids.size()) == num_tokens);

@@ -86,8 +86,8 @@ __device__ __forceinline__ void mma_k32(float (&acc)[4], const uint4& w_lo, cons
   mma_m16n8k16<T>(acc, w_lo.z, w_hi.z, w_lo.w, w_hi.w, xv.z, xv.w);
 }
 
-// The end of both kernels: warp 0 of each row tile adds the other K warps' sums in warp order,
-// adds the bias and stores. partial: kRowTiles * (kKWarps - 1) * kColTiles * 4 * 32 floats of
+// The kernel's end: warp 0 of each row tile adds the other K warps' sums in warp order, adds the
+// bias and stores. partial: kRowTiles * (kKWarps - 1) * kColTiles * 4 * 32 floats of
 // shared memory.
 template <typename T, typename OutT, int kColTiles, int kRowTiles>
 __device__ __forceinline__ void reduce_and_store(const SkinnyParams<T, OutT>& p, float (&acc)[kColTiles][4],

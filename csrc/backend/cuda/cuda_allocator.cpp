@@ -224,4 +224,10 @@ Tensor empty_on_stream(Shape shape, DType dtype, int device, cudaStream_t stream
   return Tensor::wrap(p, std::move(shape), dtype, Device::kCUDA, std::move(storage));
 }
 
+Tensor aligned_copy(const Tensor& src, int device, cudaStream_t stream) {
+  Tensor dst = empty_on_stream(src.shape(), src.dtype(), device, stream);
+  LLMCORE_CUDA_CHECK(cudaMemcpyAsync(dst.data(), src.data(), src.nbytes(), cudaMemcpyDeviceToDevice, stream));
+  return dst;
+}
+
 }  // namespace llmcore::cuda

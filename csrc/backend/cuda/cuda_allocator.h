@@ -109,4 +109,8 @@ void register_cuda_allocator();
 // An uninitialized GPU tensor from the caching allocator, on `device`, for work on `stream`.
 Tensor empty_on_stream(Shape shape, DType dtype, int device, cudaStream_t stream);
 
+// A device copy of `src` in fresh (256-byte aligned) memory, ordered on `stream`: stages a view
+// whose start is less aligned than a kernel needs.
+Tensor aligned_copy(const Tensor& src, int device, cudaStream_t stream);
+
 }  // namespace llmcore::cuda

@@ -6,6 +6,7 @@
 #include <cstring>
 #include <thread>
 
+#include "backend/cuda/cuda_allocator.h"
 #include "backend/cuda/cuda_linear.h"
 #include "kernels/common/cuda_check.h"
 #include "kernels/kernels.h"
@@ -199,16 +200,11 @@ void CudaBackend::linear(Tensor& out, const Tensor& x, const Tensor& weight, con
   Tensor x_staged;
   const Tensor* x_use = &x;
   if (reinterpret_cast<uintptr_t>(x.data()) % 16 != 0) {
-    x_staged = empty(x.shape(), x.dtype());
-    LLMCORE_CUDA_CHECK(cudaMemcpyAsync(x_staged.data(), x.data(), x.nbytes(), cudaMemcpyDeviceToDevice, stream_));
+    x_staged = cuda::aligned_copy(x, device_, stream_);
     x_use = &x_staged;
   }
-  if (bias != nullptr) {
-    LLMCORE_CHECK(bias->device() == Device::kCUDA, "linear: bias must be on cuda");
-    bias->check("linear bias", x.dtype(), {weight.dim(0)});
-  }
   // Prompt rows between the generated ranges go to cuBLASLt as row slices, generated ranges to
-  // the decode GEMM.
+  // the decode GEMM (both check the operands, the bias included).
   int64_t done = 0;
   auto prompt_rows = [&](int64_t end) {
     if (end <= done) return;

@@ -112,14 +112,6 @@ struct Problem {
   }
 };
 
-// A device copy of `src` in fresh (256-byte aligned) memory, ordered on `stream`.
-Tensor aligned_copy(const Tensor& src, int device, cudaStream_t stream) {
-  Tensor dst = empty_on_stream(src.shape(), src.dtype(), device, stream);
-  LLMCORE_CUDA_CHECK(
-      cudaMemcpyAsync(dst.data(), src.data(), src.nbytes(), cudaMemcpyDeviceToDevice, stream));
-  return dst;
-}
-
 }  // namespace
 
 struct CublasLtLinear::Plan {
