@@ -114,7 +114,9 @@ def main(argv=None) -> int:
         best = min(r["tilings"], key=lambda t: t["ms"])
         print(f"decode GEMM {r['name']:8s} M={r['m']:4d}: {r['default_ms']:.4f} ms = {r['default_pct_of_copy']:.0f}% of copy "
               f"(best tiling {best['cols']}x{best['rows']} {best['ms']:.4f}); cuBLASLt linear {r['cublas_ms']:.4f} ms "
-              f"= {r['cublas_pct_of_copy']:.0f}%; torch.matmul {r['torch_ms']:.4f} ms")
+              f"= {r['cublas_pct_of_copy']:.0f}%; torch.matmul {r['torch_ms']:.4f} ms"
+              + (f"; with SwiGLU fused {r['gated_ms']:.4f} ms (decode GEMM then silu_and_mul {r['unfused_ms']:.4f})"
+                 if "gated_ms" in r else ""))
     print(f"Results: {path}")
     b64 = [r for r in data["decode_attention"] if r["batch"] == 64]
     big = [r for r in data["linear"] if r["m"] >= 2048]

@@ -92,6 +92,12 @@ bool skinny_gemm_supports(const Tensor& weight);
 // previous kernel in the stream has finished, so that kernel must not write the weight.
 void skinny_gemm(Tensor& out, const Tensor& x, const Tensor& weight, const Tensor* bias, cudaStream_t stream,
                  SkinnyGemmTiling tiling = {});
+// out [M, I] = silu(gate) * up of gate_up = x @ weight^T (+ bias), weight [2I, K] holding the gate
+// rows then the up rows (the MLP's fused gate_up_proj): bit for bit skinny_gemm into gate_up followed
+// by silu_and_mul, in one launch. tiling.col_tiles as for skinny_gemm (4 runs as 2); each
+// CTA takes 16 gate rows and their 16 up rows.
+void skinny_gemm_silu_and_mul(Tensor& out, const Tensor& x, const Tensor& weight, const Tensor* bias,
+                              cudaStream_t stream, SkinnyGemmTiling tiling = {});
 
 // --- cache/kv_cache.cu ---------------------------------------------------------------------------
 

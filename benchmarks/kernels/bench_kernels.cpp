@@ -256,7 +256,22 @@ int main(int argc, char** argv) {
                     t.col_tiles, t.row_tiles, d.col_tiles == t.col_tiles && d.row_tiles == t.row_tiles ? "true" : "false", ms);
         first_t = false;
       }
-      std::printf("]}");
+      std::printf("]");
+      if (std::string(s.name) == "gate_up") {
+        // SwiGLU fused into the decode GEMM against the decode GEMM then silu_and_mul.
+        Tensor act = be.empty({m, s.n / 2}, DType::kBF16);
+        const double gated_ms = time_ms(be, [&] {
+          kernels::skinny_gemm_silu_and_mul(act, x, ws[next], nullptr, be.stream());
+          next = (next + 1) % copies;
+        });
+        const double unfused_ms = time_ms(be, [&] {
+          kernels::skinny_gemm(out, x, ws[next], nullptr, be.stream());
+          kernels::silu_and_mul(act, out, be.stream());
+          next = (next + 1) % copies;
+        });
+        std::printf(", \"gated_ms\": %.4f, \"unfused_ms\": %.4f", gated_ms, unfused_ms);
+      }
+      std::printf("}");
       std::fflush(stdout);
     }
   }

@@ -163,6 +163,15 @@ class Backend {
                                const AttnShape& shape, float scale, int sliding_window) = 0;
   // out = silu(x[:, :I]) * x[:, I:].  out [T, I]; x [T, 2I]
   virtual void silu_and_mul(Tensor& out, const Tensor& x) = 0;
+  // The MLP's input half: out = silu_and_mul(gate_up) with gate_up = linear(x, weight, bias, kinds),
+  // bit for bit. out [T, I]; gate_up [T, 2I] (scratch: rows a backend fuses are left unwritten);
+  // x [T, K]; weight [2I, K] (gate rows, then up rows); bias [2I] or null. The CUDA backend fuses
+  // both steps into its decode GEMM for generated rows.
+  virtual void linear_silu_and_mul(Tensor& out, Tensor& gate_up, const Tensor& x, const Tensor& weight,
+                                   const Tensor* bias, const RowKinds* kinds = nullptr) {
+    linear(gate_up, x, weight, bias, kinds);
+    silu_and_mul(out, gate_up);
+  }
   // out[i] = x[indices[i]].  out [L, N]; x [T, N]; indices [L] int32
   virtual void gather_rows(Tensor& out, const Tensor& x, const Tensor& indices) = 0;
   // For each (src, dst) block pair, copies block src to block dst in every layer's k and v.

@@ -371,8 +371,7 @@ Tensor LlamaModel::forward(const ForwardInput& input, KVCache& kv_cache) {
     backend_.linear(h, attn, layer.o_proj, bias(layer.o_bias), kinds);
     all_reduce_add_rms_norm(h, residual, layer.post_attention_layernorm);
 
-    backend_.linear(gate_up, h, layer.gate_up_proj, bias(layer.gate_up_bias), kinds);
-    backend_.silu_and_mul(mlp_act, gate_up);
+    backend_.linear_silu_and_mul(mlp_act, gate_up, h, layer.gate_up_proj, bias(layer.gate_up_bias), kinds);
     backend_.linear(h, mlp_act, layer.down_proj, bias(layer.down_bias), kinds);
     const Tensor& next_norm = l + 1 < layers_.size() ? layers_[l + 1].input_layernorm : norm_;
     all_reduce_add_rms_norm(h, residual, next_norm);

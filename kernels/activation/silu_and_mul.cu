@@ -1,6 +1,6 @@
-// SwiGLU's gate: out = silu(gate) * up on the fused gate_up rows. silu runs in fp32 and is rounded
-// to the activation dtype before the multiply, as HF's `act_fn(gate_proj(x)) * up_proj(x)` and
-// vLLM's silu_and_mul do on 16-bit tensors.
+// SwiGLU's gate: out = silu(gate) * up on the fused gate_up rows (the element's arithmetic is in
+// silu.cuh, shared with the decode GEMM's fused epilogue).
+#include "kernels/activation/silu.cuh"
 #include "kernels/common/dispatch.cuh"
 #include "kernels/common/pdl.cuh"
 #include "kernels/common/tensor_checks.h"
@@ -32,11 +32,7 @@ __global__ void SiluAndMulKernel(SiluAndMulParams<T> p) {
     const Vec<T, kVec> u = load_vec<T, kVec>(up + i * kVec);
     Vec<T, kVec> o;
 #pragma unroll
-    for (int j = 0; j < kVec; ++j) {
-      const float gf = to_float(g.v[j]);
-      const float silu = round_to<T>(gf / (1.0f + expf(-gf)));
-      o.v[j] = from_float<T>(silu * to_float(u.v[j]));
-    }
+    for (int j = 0; j < kVec; ++j) o.v[j] = silu_times<T>(to_float(g.v[j]), to_float(u.v[j]));
     store_vec<T, kVec>(out + i * kVec, o);
   }
 }

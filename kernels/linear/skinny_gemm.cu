@@ -32,11 +32,20 @@
 // of n-tiles per CTA and of row tiles per CTA (the tiling, chosen from M for speed) only group
 // independent work, so a token's bits are the same at any M, in any column, and with any tiling
 // (tests/cpp/cuda/test_cuda_skinny_gemm.cpp checks all three).
+//
+// The gated variant (skinny_gemm_silu_and_mul) computes the MLP's gate_up rows and applies SwiGLU's
+// gate in the epilogue: a CTA's two row tiles are the same 16 rows of the gate half and of the up
+// half of the weight, and the result is silu(gate) * up with gate and up rounded to the activation
+// dtype first, as silu_and_mul.cu reads them from the gate_up tensor (kernels/activation/silu.cuh
+// is the shared arithmetic). Since a row's bits do not depend on the tiling, that is bit for bit
+// skinny_gemm followed by silu_and_mul, one launch and no gate_up round trip fewer.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
 #include <cstdint>
+#include <type_traits>
 
+#include "kernels/activation/silu.cuh"
 #include "kernels/common/dispatch.cuh"
 #include "kernels/common/mma.cuh"
 #include "kernels/common/pdl.cuh"
@@ -73,8 +82,9 @@ struct SkinnyParams {
   const T* x;     // [M, K]
   const T* w;     // [N, K]
   const T* bias;  // [N] or null
-  OutT* out;      // [M, N]
+  OutT* out;      // [M, N]; gated: [M, inter]
   int m, n, k;
+  int inter;      // gated: I, the weight being [2I, K] (gate rows, then up rows); else 0
 };
 
 // One 32-element k step of a warp: 16 weight rows (w_lo: row g, w_hi: row g + 8, 16 bytes each)
@@ -87,11 +97,14 @@ __device__ __forceinline__ void mma_k32(float (&acc)[4], const uint4& w_lo, cons
 }
 
 // The kernel's end: warp 0 of each row tile adds the other K warps' sums in warp order, adds the
-// bias and stores. partial: kRowTiles * (kKWarps - 1) * kColTiles * 4 * 32 floats of
-// shared memory.
-template <typename T, typename OutT, int kColTiles, int kRowTiles>
+// bias and stores (gated: the up tile's warp 0 hands its rounded values to the gate tile's, which
+// stores silu(gate) * up). Row tile rt holds output rows tile_row .. tile_row + 15 (those below
+// `rows`), weight rows w_base + those. partial: kRowTiles * (kKWarps - 1) * kColTiles * 4 * 32
+// floats of shared memory, up_s (gated) kColTiles * 4 * 32.
+template <typename T, typename OutT, int kColTiles, int kRowTiles, bool kGated>
 __device__ __forceinline__ void reduce_and_store(const SkinnyParams<T, OutT>& p, float (&acc)[kColTiles][4],
-                                                 float* partial, int rt, int kw, int lane, int row0, int col0) {
+                                                 float* partial, float* up_s, int rt, int kw, int lane,
+                                                 int tile_row, int w_base, int rows, int col0) {
   auto slot = [&](int w, int j, int e) { return ((rt * (kKWarps - 1) + w) * kColTiles * 4 + j * 4 + e) * 32 + lane; };
   if (kw > 0) {
 #pragma unroll
@@ -100,42 +113,65 @@ __device__ __forceinline__ void reduce_and_store(const SkinnyParams<T, OutT>& p,
       for (int e = 0; e < 4; ++e) partial[slot(kw - 1, j, e)] = acc[j][e];
   }
   __syncthreads();
-  if (kw != 0) return;
   const int g = lane >> 2, t = lane & 3;
+  // The row tile's sum for fragment element (j, e), bias added. mma output: e = 0, 1 -> row g,
+  // columns 2t, 2t+1; e = 2, 3 -> row g+8.
+  auto row_of = [&](int e) { return tile_row + g + (e < 2 ? 0 : 8); };
+  auto col_of = [&](int j, int e) { return col0 + j * 8 + 2 * t + (e & 1); };
+  auto total = [&](int j, int e) {
+    float v = acc[j][e];
 #pragma unroll
-  for (int j = 0; j < kColTiles; ++j) {
+    for (int w = 0; w < kKWarps - 1; ++w) v = __fadd_rn(v, partial[slot(w, j, e)]);
+    if (p.bias != nullptr && row_of(e) < rows) v = __fadd_rn(v, to_float(p.bias[w_base + row_of(e)]));
+    return v;
+  };
+  if constexpr (kGated) {
+    if (kw == 0 && rt == 1) {
+#pragma unroll
+      for (int j = 0; j < kColTiles; ++j)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) up_s[(j * 4 + e) * 32 + lane] = round_to<T>(total(j, e));
+    }
+    __syncthreads();
+    if (rt != 0) return;
+  }
+  if (kw != 0) return;
+#pragma unroll
+  for (int j = 0; j < kColTiles; ++j)
 #pragma unroll
     for (int e = 0; e < 4; ++e) {
-      // mma output: e = 0, 1 -> row g, columns 2t, 2t+1; e = 2, 3 -> row g+8.
-      const int row = row0 + g + (e < 2 ? 0 : 8);
-      const int col = col0 + j * 8 + 2 * t + (e & 1);
-      float v = acc[j][e];
-#pragma unroll
-      for (int w = 0; w < kKWarps - 1; ++w) v = __fadd_rn(v, partial[slot(w, j, e)]);
-      if (row < p.n && col < p.m) {
-        if (p.bias != nullptr) v = __fadd_rn(v, to_float(p.bias[row]));
-        p.out[static_cast<int64_t>(col) * p.n + row] = from_float<OutT>(v);
+      const int row = row_of(e), col = col_of(j, e);
+      if (row >= rows || col >= p.m) continue;
+      OutT* dst = p.out + static_cast<int64_t>(col) * rows + row;
+      if constexpr (kGated) {
+        *dst = silu_times<T>(round_to<T>(total(j, e)), up_s[(j * 4 + e) * 32 + lane]);
+      } else {
+        *dst = from_float<OutT>(total(j, e));
       }
     }
-  }
 }
 
-// grid (ceil(M / (8 kColTiles)), ceil(N / (16 kRowTiles))); kRowTiles * kKWarps warps.
-template <typename T, typename OutT, int kColTiles, int kRowTiles>
+// grid (ceil(M / (8 kColTiles)), ceil(N / (16 kRowTiles))), gated (ceil(M / (8 kColTiles)),
+// ceil(I / 16)) with kRowTiles 2 (gate, up); kRowTiles * kKWarps warps.
+template <typename T, typename OutT, int kColTiles, int kRowTiles, bool kGated>
 __global__ void __launch_bounds__(kRowTiles * kKWarps * 32)
     SkinnyGemmKernel(SkinnyParams<T, OutT> p) {
+  static_assert(!kGated || (kRowTiles == 2 && std::is_same_v<T, OutT>), "gated: a gate and an up tile, 16-bit out");
   const int lane = threadIdx.x & 31;
   const int warp = threadIdx.x >> 5;
   const int kw = warp % kKWarps;  // which chunks of K
   const int rt = warp / kKWarps;  // which row tile of the CTA
   const int g = lane >> 2, t = lane & 3;
-  const int row0 = (blockIdx.y * kRowTiles + rt) * 16;
+  // The tile's first output row, its weight rows' offset, and the output rows that exist.
+  const int tile_row = kGated ? blockIdx.y * 16 : (blockIdx.y * kRowTiles + rt) * 16;
+  const int w_base = kGated ? rt * p.inter : 0;
+  const int rows = kGated ? p.inter : p.n;
   const int col0 = blockIdx.x * kColTiles * 8;
 
-  const int r_lo = row0 + g, r_hi = row0 + g + 8;
-  const bool ok_lo = r_lo < p.n, ok_hi = r_hi < p.n;
-  const T* w_lo = p.w + static_cast<int64_t>(ok_lo ? r_lo : 0) * p.k + 8 * t;
-  const T* w_hi = p.w + static_cast<int64_t>(ok_hi ? r_hi : 0) * p.k + 8 * t;
+  const int r_lo = tile_row + g, r_hi = tile_row + g + 8;
+  const bool ok_lo = r_lo < rows, ok_hi = r_hi < rows;
+  const T* w_lo = p.w + static_cast<int64_t>(w_base + (ok_lo ? r_lo : 0)) * p.k + 8 * t;
+  const T* w_hi = p.w + static_cast<int64_t>(w_base + (ok_hi ? r_hi : 0)) * p.k + 8 * t;
   const T* x_row[kColTiles];
   bool x_ok[kColTiles];
 #pragma unroll
@@ -191,14 +227,17 @@ __global__ void __launch_bounds__(kRowTiles * kKWarps * 32)
   }
 
   __shared__ float partial[kRowTiles * (kKWarps - 1) * kColTiles * 4 * 32];
-  reduce_and_store<T, OutT, kColTiles, kRowTiles>(p, acc, partial, rt, kw, lane, row0, col0);
+  __shared__ float up_s[kGated ? kColTiles * 4 * 32 : 1];
+  reduce_and_store<T, OutT, kColTiles, kRowTiles, kGated>(p, acc, partial, up_s, rt, kw, lane, tile_row, w_base,
+                                                          rows, col0);
 }
 
-template <typename T, typename OutT, int kColTiles, int kRowTiles>
+template <typename T, typename OutT, int kColTiles, int kRowTiles, bool kGated = false>
 void launch(const SkinnyParams<T, OutT>& p, cudaStream_t stream) {
   const dim3 grid(static_cast<unsigned>(util::ceil_div(p.m, 8 * kColTiles)),
-                  static_cast<unsigned>(util::ceil_div(p.n, 16 * kRowTiles)));
-  launch_with_pdl(SkinnyGemmKernel<T, OutT, kColTiles, kRowTiles>, grid, dim3(kRowTiles * kKWarps * 32), stream, p);
+                  static_cast<unsigned>(kGated ? util::ceil_div(p.inter, 16) : util::ceil_div(p.n, 16 * kRowTiles)));
+  launch_with_pdl(SkinnyGemmKernel<T, OutT, kColTiles, kRowTiles, kGated>, grid, dim3(kRowTiles * kKWarps * 32),
+                  stream, p);
 }
 
 template <typename T, typename OutT>
@@ -209,6 +248,31 @@ void dispatch(const SkinnyParams<T, OutT>& p, SkinnyGemmTiling tiling, cudaStrea
   if (cols == 4 && rows == 1) return launch<T, OutT, 4, 1>(p, stream);
   if (cols == 2 && rows == 2) return launch<T, OutT, 2, 2>(p, stream);
   throw_runtime_error("skinny_gemm: no kernel for tiling ", cols, " n-tiles x ", rows, " row tiles");
+}
+
+template <typename T>
+void dispatch_gated(const SkinnyParams<T, T>& p, int col_tiles, cudaStream_t stream) {
+  // 4 n-tiles run as 2: with two row tiles per CTA, 4 would spill registers (bits are the same).
+  if (col_tiles == 1) return launch<T, T, 1, 2, true>(p, stream);
+  if (col_tiles == 2 || col_tiles == 4) return launch<T, T, 2, 2, true>(p, stream);
+  throw_runtime_error("skinny_gemm_silu_and_mul: no kernel for ", col_tiles, " n-tiles");
+}
+
+// The checks both entry points make; returns M.
+int64_t check_operands(const char* what, const Tensor& out, const Tensor& x, const Tensor& weight, const Tensor* bias) {
+  util::check_cuda_matrix(x, "skinny_gemm x");
+  util::check_cuda_matrix(weight, "skinny_gemm weight");
+  const int64_t m = x.dim(0), n = weight.dim(0), k = weight.dim(1);
+  LLMCORE_CHECK(x.dim(1) == k && x.dtype() == weight.dtype(), what, ": x ", dtype_name(x.dtype()), " ",
+                shape_str(x.shape()), " does not match weight ", dtype_name(weight.dtype()), " ",
+                shape_str(weight.shape()));
+  LLMCORE_CHECK(skinny_gemm_supports(weight) && util::is_aligned(x.data(), 16), what, ": unsupported x ",
+                shape_str(x.shape()), " / weight ", dtype_name(weight.dtype()), " ", shape_str(weight.shape()),
+                " (needs bf16/fp16, K % 8 == 0 and 16-byte aligned x and weight)");
+  if (bias != nullptr) util::check_cuda(*bias, "skinny_gemm bias", x.dtype(), {n});
+  LLMCORE_CHECK(out.data() != x.data() || out.nbytes() == 0, what, ": out must not alias x");
+  LLMCORE_CHECK(m <= (int64_t{1} << 30), what, ": ", m, " rows");
+  return m;
 }
 
 }  // namespace
@@ -236,34 +300,40 @@ bool skinny_gemm_supports(const Tensor& weight) {
 
 void skinny_gemm(Tensor& out, const Tensor& x, const Tensor& weight, const Tensor* bias, cudaStream_t stream,
                  SkinnyGemmTiling tiling) {
-  util::check_cuda_matrix(x, "skinny_gemm x");
-  util::check_cuda_matrix(weight, "skinny_gemm weight");
-  const int64_t m = x.dim(0), n = weight.dim(0), k = weight.dim(1);
-  LLMCORE_CHECK(x.dim(1) == k && x.dtype() == weight.dtype(), "skinny_gemm: x ", dtype_name(x.dtype()), " ",
-                shape_str(x.shape()), " does not match weight ", dtype_name(weight.dtype()), " ",
-                shape_str(weight.shape()));
-  LLMCORE_CHECK(skinny_gemm_supports(weight) && util::is_aligned(x.data(), 16), "skinny_gemm: unsupported x ",
-                shape_str(x.shape()), " / weight ", dtype_name(weight.dtype()), " ", shape_str(weight.shape()),
-                " (needs bf16/fp16, K % 8 == 0 and 16-byte aligned x and weight)");
+  const int64_t m = check_operands("skinny_gemm", out, x, weight, bias), n = weight.dim(0), k = weight.dim(1);
   LLMCORE_CHECK(out.dtype() == x.dtype() || out.dtype() == DType::kF32, "skinny_gemm: out must be ",
                 dtype_name(x.dtype()), " or float32, got ", dtype_name(out.dtype()));
   util::check_cuda(out, "skinny_gemm out", out.dtype(), {m, n});
-  if (bias != nullptr) util::check_cuda(*bias, "skinny_gemm bias", x.dtype(), {n});
-  LLMCORE_CHECK(out.data() != x.data() || out.nbytes() == 0, "skinny_gemm: out must not alias x");
-  LLMCORE_CHECK(m <= (int64_t{1} << 30), "skinny_gemm: ", m, " rows");
   if (m == 0 || n == 0) return;
   if (tiling.col_tiles == 0) tiling = skinny_gemm_default_tiling(m);
   LLMCORE_DISPATCH_HALF(x.dtype(), T, {
     const T* b = bias != nullptr ? bias->data_as<T>() : nullptr;
     if (out.dtype() == DType::kF32) {
       dispatch(SkinnyParams<T, float>{x.data_as<T>(), weight.data_as<T>(), b, out.data_as<float>(),
-                                      static_cast<int>(m), static_cast<int>(n), static_cast<int>(k)},
+                                      static_cast<int>(m), static_cast<int>(n), static_cast<int>(k), 0},
                tiling, stream);
     } else {
       dispatch(SkinnyParams<T, T>{x.data_as<T>(), weight.data_as<T>(), b, out.data_as<T>(), static_cast<int>(m),
-                                  static_cast<int>(n), static_cast<int>(k)},
+                                  static_cast<int>(n), static_cast<int>(k), 0},
                tiling, stream);
     }
+  });
+}
+
+void skinny_gemm_silu_and_mul(Tensor& out, const Tensor& x, const Tensor& weight, const Tensor* bias,
+                              cudaStream_t stream, SkinnyGemmTiling tiling) {
+  const int64_t m = check_operands("skinny_gemm_silu_and_mul", out, x, weight, bias), n = weight.dim(0),
+                k = weight.dim(1);
+  LLMCORE_CHECK(n % 2 == 0, "skinny_gemm_silu_and_mul: weight ", shape_str(weight.shape()),
+                " must have an even row count (gate rows, then up rows)");
+  util::check_cuda(out, "skinny_gemm_silu_and_mul out", x.dtype(), {m, n / 2});
+  if (m == 0 || n == 0) return;
+  if (tiling.col_tiles == 0) tiling = skinny_gemm_default_tiling(m);
+  LLMCORE_DISPATCH_HALF(x.dtype(), T, {
+    dispatch_gated(SkinnyParams<T, T>{x.data_as<T>(), weight.data_as<T>(), bias != nullptr ? bias->data_as<T>() : nullptr,
+                                      out.data_as<T>(), static_cast<int>(m), static_cast<int>(n), static_cast<int>(k),
+                                      static_cast<int>(n / 2)},
+                   tiling.col_tiles, stream);
   });
 }
 

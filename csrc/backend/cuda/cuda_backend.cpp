@@ -186,40 +186,87 @@ void CudaBackend::add_rms_norm(Tensor& x, Tensor& residual, const Tensor& weight
   kernels::add_rms_norm(x, residual, weight, eps, stream_);
 }
 
-void CudaBackend::linear(Tensor& out, const Tensor& x, const Tensor& weight, const Tensor* bias,
-                         const RowKinds* kinds) {
-  cuda::DeviceGuard guard(device_);
-  const bool any_generated = kinds != nullptr && !kinds->generated.empty();
-  // Whether the decode GEMM takes this weight depends on its dtype, K and alignment only; x is
-  // staged below when its base is misaligned, so that cannot change the kernel either.
-  if (!any_generated || x.ndim() != 2 || x.dim(0) == 0 || !kernels::skinny_gemm_supports(weight)) {
-    linear_->run(out, x, weight, bias);
-    return;
+namespace {
+
+// Walks x's rows by kind: prompt(begin, end) for each run of prompt rows between the generated
+// ranges, generated(begin, end) for each generated range, in row order. x_rows is the row count.
+template <typename PromptFn, typename GeneratedFn>
+void for_each_row_kind(const RowKinds& kinds, int64_t x_rows, PromptFn prompt, GeneratedFn generated) {
+  int64_t done = 0;
+  for (const auto& [begin, end] : kinds.generated) {
+    LLMCORE_CHECK(begin >= done && begin < end && end <= x_rows, "linear: generated rows [", begin, ", ", end,
+                  ") are not sorted, disjoint ranges inside [0, ", x_rows, ")");
+    if (begin > done) prompt(done, begin);
+    generated(begin, end);
+    done = end;
   }
-  const int64_t rows = x.dim(0);
-  Tensor x_staged;
-  const Tensor* x_use = &x;
+  if (x_rows > done) prompt(done, x_rows);
+}
+
+}  // namespace
+
+// Whether the decode GEMM takes x's generated rows: any there are, and it takes the weight (its
+// dtype, K and alignment only; x is staged when its base is misaligned, so that cannot change the
+// kernel either). Then x_use is x, or its aligned copy in x_staged.
+bool CudaBackend::decode_gemm_rows(const Tensor& x, const Tensor& weight, const RowKinds* kinds, Tensor& x_staged,
+                                   const Tensor*& x_use) {
+  if (kinds == nullptr || kinds->generated.empty() || x.ndim() != 2 || x.dim(0) == 0 ||
+      !kernels::skinny_gemm_supports(weight))
+    return false;
+  x_use = &x;
   if (reinterpret_cast<uintptr_t>(x.data()) % 16 != 0) {
     x_staged = cuda::aligned_copy(x, device_, stream_);
     x_use = &x_staged;
   }
-  // Prompt rows between the generated ranges go to cuBLASLt as row slices, generated ranges to
-  // the decode GEMM (both check the operands, the bias included).
-  int64_t done = 0;
-  auto prompt_rows = [&](int64_t end) {
-    if (end <= done) return;
-    Tensor o = out.narrow_rows(done, end - done);
-    linear_->run(o, x_use->narrow_rows(done, end - done), weight, bias);
-  };
-  for (const auto& [begin, end] : kinds->generated) {
-    LLMCORE_CHECK(begin >= done && begin < end && end <= rows, "linear: generated rows [", begin, ", ", end,
-                  ") are not sorted, disjoint ranges inside [0, ", rows, ")");
-    prompt_rows(begin);
-    Tensor o = out.narrow_rows(begin, end - begin);
-    kernels::skinny_gemm(o, x_use->narrow_rows(begin, end - begin), weight, bias, stream_);
-    done = end;
+  return true;
+}
+
+void CudaBackend::linear(Tensor& out, const Tensor& x, const Tensor& weight, const Tensor* bias,
+                         const RowKinds* kinds) {
+  cuda::DeviceGuard guard(device_);
+  Tensor x_staged;
+  const Tensor* x_use = nullptr;
+  if (!decode_gemm_rows(x, weight, kinds, x_staged, x_use)) {
+    linear_->run(out, x, weight, bias);
+    return;
   }
-  prompt_rows(rows);
+  // Prompt rows go to cuBLASLt as row slices, generated ranges to the decode GEMM (both check the
+  // operands, the bias included).
+  for_each_row_kind(
+      *kinds, x.dim(0),
+      [&](int64_t begin, int64_t end) {
+        Tensor o = out.narrow_rows(begin, end - begin);
+        linear_->run(o, x_use->narrow_rows(begin, end - begin), weight, bias);
+      },
+      [&](int64_t begin, int64_t end) {
+        Tensor o = out.narrow_rows(begin, end - begin);
+        kernels::skinny_gemm(o, x_use->narrow_rows(begin, end - begin), weight, bias, stream_);
+      });
+}
+
+void CudaBackend::linear_silu_and_mul(Tensor& out, Tensor& gate_up, const Tensor& x, const Tensor& weight,
+                                      const Tensor* bias, const RowKinds* kinds) {
+  cuda::DeviceGuard guard(device_);
+  Tensor x_staged;
+  const Tensor* x_use = nullptr;
+  if (!decode_gemm_rows(x, weight, kinds, x_staged, x_use) || weight.dim(0) % 2 != 0) {
+    Backend::linear_silu_and_mul(out, gate_up, x, weight, bias, kinds);
+    return;
+  }
+  // Prompt rows: cuBLASLt into their gate_up rows, then silu_and_mul on them; generated rows: the
+  // decode GEMM with the gate fused, the same bits as its plain form followed by silu_and_mul.
+  for_each_row_kind(
+      *kinds, x.dim(0),
+      [&](int64_t begin, int64_t end) {
+        Tensor gu = gate_up.narrow_rows(begin, end - begin);
+        linear_->run(gu, x_use->narrow_rows(begin, end - begin), weight, bias);
+        Tensor o = out.narrow_rows(begin, end - begin);
+        kernels::silu_and_mul(o, gu, stream_);
+      },
+      [&](int64_t begin, int64_t end) {
+        Tensor o = out.narrow_rows(begin, end - begin);
+        kernels::skinny_gemm_silu_and_mul(o, x_use->narrow_rows(begin, end - begin), weight, bias, stream_);
+      });
 }
 
 void CudaBackend::rotary_embedding(Tensor& qkv, const Tensor& positions, const Tensor& cos_sin,

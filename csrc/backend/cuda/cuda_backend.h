@@ -64,6 +64,8 @@ class CudaBackend final : public Backend {
                        const AttentionMetadata& meta, const AttnShape& shape, float scale,
                        int sliding_window) override;
   void silu_and_mul(Tensor& out, const Tensor& x) override;
+  void linear_silu_and_mul(Tensor& out, Tensor& gate_up, const Tensor& x, const Tensor& weight, const Tensor* bias,
+                           const RowKinds* kinds) override;
   void gather_rows(Tensor& out, const Tensor& x, const Tensor& indices) override;
   void copy_kv_blocks(KVCache& cache, const std::vector<std::pair<int, int>>& src_dst) override;
   void fill_dummy(Tensor& out, uint64_t stream, float bound, const DummyIndex& index) override;
@@ -82,6 +84,10 @@ class CudaBackend final : public Backend {
   size_t num_linear_plans() const;
 
  private:
+  // Whether linear's generated rows of x go to the decode GEMM; x_use: x or its aligned copy.
+  bool decode_gemm_rows(const Tensor& x, const Tensor& weight, const RowKinds* kinds, Tensor& x_staged,
+                        const Tensor*& x_use);
+
   // Waits for the stream, then throws if a kernel reported bad indices since the last check.
   void sync_and_check();
 

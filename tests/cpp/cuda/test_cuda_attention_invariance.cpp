@@ -189,5 +189,30 @@ TEST(CudaAttentionInvariance, EveryPromptTokenAsDecodeEqualsOneChunk) {
   }
 }
 
+TEST(CudaAttentionInvariance, DecodeEqualsLastRowOfPrefillChunkAtEveryHeadDim) {
+  ATTN_SKIP_WITHOUT_CUDA();
+  // Every head dim the kernel has (D = 256: 32-key tiles), GQA groups of 1, 4 and 16 rows, a
+  // decode row with one partition (walked) and with two (split + combine).
+  for (const int d : {32, 64, 96, 128, 256}) {
+    for (const AttnShape shape : {AttnShape{2, 2, d}, AttnShape{8, 2, d}, AttnShape{16, 1, d}}) {
+      for (const DType dtype : {DType::kBF16, DType::kF16}) {
+        if (dtype == DType::kF16 && shape.num_heads != 8) continue;
+        std::mt19937 rng(d * 131 + shape.num_heads);
+        for (int p : {0, 70, 600}) {
+          SCOPED_TRACE("D " + std::to_string(d) + " Hq " + std::to_string(shape.num_heads) + " " +
+                       dtype_name(dtype) + " token " + std::to_string(p));
+          const SeqData s = make_seq(shape, p + 1, dtype, rng);
+          const int chunk = std::min(19, p + 1);
+          const std::vector<float> decode = run_step(shape, 16, {{&s, p, 1}}, 0, rng, dtype)[0];
+          const std::vector<float> last =
+              rows(run_step(shape, 16, {{&s, p + 1 - chunk, chunk}}, 0, rng, dtype)[0], shape, chunk - 1, 1);
+          ASSERT_TRUE(all_finite(decode));
+          EXPECT_TRUE(same_bits(decode, last));
+        }
+      }
+    }
+  }
+}
+
 }  // namespace
 }  // namespace llmcore

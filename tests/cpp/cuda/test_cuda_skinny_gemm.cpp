@@ -2,6 +2,8 @@
 // same, exactly representable inputs (bf16 and fp16, bias or not, 16-bit or float32 output, N and
 // K that are and are not multiples of the tiles), and batch invariance: a token row's output bits
 // are the same at every M, in every position of the batch, and under every tiling the kernel has.
+// The gated form (SwiGLU fused into the epilogue) against skinny_gemm followed by silu_and_mul, bit
+// for bit, and CudaBackend's linear / linear_silu_and_mul with row kinds.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -175,6 +177,68 @@ TEST(CudaSkinnyGemm, BackendLinearSendsEachRowKindToItsKernel) {
     RowKinds outside;
     outside.generated = {{18, 21}};
     EXPECT_THROW(be->linear(out, x, w, nullptr, &outside), Error);
+  }
+}
+
+// skinny_gemm_silu_and_mul is skinny_gemm into gate_up then silu_and_mul, bit for bit: any M,
+// every n-tiling, with and without bias, I a multiple of the 16-row tile or not.
+TEST(CudaSkinnyGemm, GatedIsGemmThenSiluAndMul) {
+  LLMCORE_SKIP_WITHOUT_CUDA();
+  std::mt19937 rng(814);
+  for (DType dt : {DType::kBF16, DType::kF16}) {
+    auto be = make_backend(dt);
+    cudaStream_t stream = cuda_of(*be).stream();
+    for (const Case& c : {Case{80, 64}, Case{600, 520}, Case{16, 8}, Case{4096, 2048}}) {  // n = 2I
+      const int64_t inter = c.n / 2;
+      const Tensor w = be->load_weight(random_rounded({c.n, c.k}, dt, rng, -0.5f, 0.5f));
+      const Tensor bias = upload_as(*be, random_rounded({c.n}, dt, rng), dt);
+      for (int64_t m : {1, 3, 8, 9, 17, 40}) {
+        const Tensor x = upload_as(*be, random_rounded({m, c.k}, dt, rng), dt);
+        for (const bool with_bias : {false, true}) {
+          const Tensor* b = with_bias ? &bias : nullptr;
+          Tensor gate_up = poisoned(*be, {m, c.n}, dt), want = poisoned(*be, {m, inter}, dt);
+          kernels::skinny_gemm(gate_up, x, w, b, stream);
+          kernels::silu_and_mul(want, gate_up, stream);
+          const Tensor want_host = download(*be, want);
+          for (const int cols : {0, 1, 2, 4}) {
+            Tensor got = poisoned(*be, {m, inter}, dt);
+            kernels::skinny_gemm_silu_and_mul(got, x, w, b, stream, kernels::SkinnyGemmTiling{cols, 1});
+            EXPECT_TRUE(same_bits(download(*be, got), want_host))
+                << short_name(dt) << " I " << inter << " K " << c.k << " M " << m << (with_bias ? " bias" : "")
+                << " n-tiles " << cols;
+          }
+        }
+      }
+    }
+    Tensor odd_w = be->empty({15, 16}, dt), x = be->empty({2, 16}, dt), out = be->empty({2, 7}, dt);
+    EXPECT_THROW(kernels::skinny_gemm_silu_and_mul(out, x, odd_w, nullptr, stream), Error);  // 2I rows
+    Tensor w = be->empty({16, 16}, dt), wrong = be->empty({2, 16}, dt);
+    EXPECT_THROW(kernels::skinny_gemm_silu_and_mul(wrong, x, w, nullptr, stream), Error);  // out [M, I]
+  }
+}
+
+// CudaBackend::linear_silu_and_mul is linear() then silu_and_mul() on every row, whatever the row
+// kinds (generated rows: the fused decode GEMM; prompt rows: cuBLASLt then the SiLU kernel).
+TEST(CudaSkinnyGemm, BackendLinearSiluAndMulIsLinearThenSiluAndMul) {
+  LLMCORE_SKIP_WITHOUT_CUDA();
+  std::mt19937 rng(815);
+  for (DType dt : {DType::kBF16, DType::kF16}) {
+    auto be = make_backend(dt);
+    const int64_t m = 20, inter = 150, k = 520;
+    const Tensor x = upload_as(*be, random_rounded({m, k}, dt, rng), dt);
+    const Tensor w = be->load_weight(random_rounded({2 * inter, k}, dt, rng, -0.5f, 0.5f));
+    const Tensor bias = upload_as(*be, random_rounded({2 * inter}, dt, rng), dt);
+    RowKinds mixed, none, all = RowKinds::all_generated(m);
+    mixed.generated = {{0, 3}, {7, 8}, {15, 20}};
+    for (const RowKinds* kinds : std::vector<const RowKinds*>{&mixed, &none, &all, nullptr}) {
+      Tensor gate_up = poisoned(*be, {m, 2 * inter}, dt), want = poisoned(*be, {m, inter}, dt);
+      be->linear(gate_up, x, w, &bias, kinds);
+      be->silu_and_mul(want, gate_up);
+      Tensor scratch = poisoned(*be, {m, 2 * inter}, dt), got = poisoned(*be, {m, inter}, dt);
+      be->linear_silu_and_mul(got, scratch, x, w, &bias, kinds);
+      EXPECT_TRUE(same_bits(download(*be, got), download(*be, want)))
+          << short_name(dt) << " kinds " << (kinds == nullptr ? "null" : kinds == &mixed ? "mixed" : kinds == &all ? "all generated" : "none");
+    }
   }
 }
 
