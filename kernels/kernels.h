@@ -57,6 +57,10 @@ void add_rms_norm(Tensor& x, Tensor& residual, const Tensor& weight, float eps,
 // positions [T] int32, with cos_sin [max_pos, D] float32 (cos for D/2 freqs, then sin).
 void rotary_embedding(Tensor& qkv, const Tensor& positions, const Tensor& cos_sin,
                       const AttnShape& shape, int* error_flags, cudaStream_t stream);
+// rotary_embedding then write_kv_cache (cache/kv_cache.cu) in one kernel, the same bits.
+void rotary_embedding_and_write_kv(Tensor& qkv, const Tensor& positions, const Tensor& cos_sin, Tensor& k_cache,
+                                   Tensor& v_cache, const Tensor& slot_mapping, const AttnShape& shape,
+                                   int* error_flags, cudaStream_t stream);
 
 // --- activation/silu_and_mul.cu ------------------------------------------------------------------
 

@@ -155,6 +155,13 @@ class Backend {
   // k_cache, v_cache [NB, Hkv, BS, D]; slot_mapping [T] int32.
   virtual void write_kv_cache(const Tensor& qkv, Tensor& k_cache, Tensor& v_cache,
                               const Tensor& slot_mapping, const AttnShape& shape) = 0;
+  // rotary_embedding() then write_kv_cache(), bit for bit (the CUDA backend: one kernel).
+  virtual void rotary_embedding_and_write_kv(Tensor& qkv, const Tensor& positions, const Tensor& cos_sin,
+                                             Tensor& k_cache, Tensor& v_cache, const Tensor& slot_mapping,
+                                             const AttnShape& shape) {
+    rotary_embedding(qkv, positions, cos_sin, shape);
+    write_kv_cache(qkv, k_cache, v_cache, slot_mapping, shape);
+  }
   // Causal attention of the q part of qkv over the paged cache (which already holds this
   // step's k and v). out [T, Hq * D]; qkv [T, (Hq + 2 Hkv) * D]; caches [NB, Hkv, BS, D].
   // sliding_window 0 means full attention.

@@ -362,10 +362,9 @@ Tensor LlamaModel::forward(const ForwardInput& input, KVCache& kv_cache) {
   for (size_t l = 0; l < layers_.size(); ++l) {
     const Layer& layer = layers_[l];
     backend_.linear(qkv, h, layer.qkv_proj, bias(layer.qkv_bias), kinds);
-    backend_.rotary_embedding(qkv, input.positions, cos_sin_, attn_shape_);
-    // The cache must hold this step's k/v before attention reads the context from it.
-    backend_.write_kv_cache(qkv, kv_cache.k[l], kv_cache.v[l], input.attn.slot_mapping,
-                            attn_shape_);
+    // The cache must hold this step's (rotated) k and v before attention reads the context from it.
+    backend_.rotary_embedding_and_write_kv(qkv, input.positions, cos_sin_, kv_cache.k[l], kv_cache.v[l],
+                                           input.attn.slot_mapping, attn_shape_);
     backend_.paged_attention(attn, qkv, kv_cache.k[l], kv_cache.v[l], input.attn, attn_shape_,
                              scale, sliding_window);
     backend_.linear(h, attn, layer.o_proj, bias(layer.o_bias), kinds);

@@ -124,20 +124,8 @@ void launch_copy_blocks(const std::vector<Tensor*>& layers,
 
 void write_kv_cache(const Tensor& qkv, Tensor& k_cache, Tensor& v_cache, const Tensor& slot_mapping,
                     const AttnShape& shape, int* error_flags, cudaStream_t stream) {
-  util::check_attn_shape(shape);
-  util::check_cuda_matrix(qkv, "write_kv_cache qkv");
-  util::check_half(qkv.dtype(), "write_kv_cache qkv");
+  const int block_size = util::check_kv_cache_write(qkv, k_cache, v_cache, slot_mapping, shape);
   const int64_t num_tokens = qkv.dim(0);
-  util::check_cuda(qkv, "write_kv_cache qkv", qkv.dtype(), {num_tokens, shape.qkv_width()});
-  util::check_cuda(slot_mapping, "slot_mapping", DType::kI32, {num_tokens});
-  LLMCORE_CHECK(k_cache.ndim() == 4, "k_cache must be [NB, Hkv, BS, D], got ",
-                shape_str(k_cache.shape()));
-  const Shape cache_shape = {k_cache.dim(0), shape.num_kv_heads, k_cache.dim(2), shape.head_dim};
-  util::check_cuda(k_cache, "k_cache", qkv.dtype(), cache_shape);
-  util::check_cuda(v_cache, "v_cache", qkv.dtype(), cache_shape);
-  const int block_size = util::to_int(k_cache.dim(2), "kv cache block size");
-  LLMCORE_CHECK(block_size > 0, "k_cache block size must be positive");
-  util::to_int(int64_t{shape.num_kv_heads} * shape.head_dim, "Hkv * D");
   if (num_tokens == 0) return;
 
   const int grid = util::to_int(num_tokens, "write_kv_cache rows");

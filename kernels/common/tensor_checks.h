@@ -40,6 +40,11 @@ inline void check_attn_shape(const AttnShape& shape) {
                 shape.num_kv_heads, ", head_dim ", shape.head_dim);
 }
 
+// The arguments of a KV-cache write of qkv [T, (Hq + 2 Hkv) * D]: slot_mapping [T] int32, k_cache
+// and v_cache [NB, Hkv, BS, D] of qkv's dtype, all on the GPU. Returns BS.
+inline int check_kv_cache_write(const Tensor& qkv, const Tensor& k_cache, const Tensor& v_cache,
+                                const Tensor& slot_mapping, const AttnShape& shape);
+
 // `v` as an int for a launch dimension or kernel index; throws RuntimeError naming `what` if it
 // does not fit.
 inline int to_int(int64_t v, const char* what) {
@@ -61,6 +66,24 @@ inline int row_block_threads(int64_t units, int max_threads = 1024) {
   const int64_t warps = ceil_div(units < 1 ? 1 : units, 32);
   const int64_t threads = warps * 32;
   return static_cast<int>(threads < max_threads ? threads : max_threads);
+}
+
+inline int check_kv_cache_write(const Tensor& qkv, const Tensor& k_cache, const Tensor& v_cache,
+                                const Tensor& slot_mapping, const AttnShape& shape) {
+  check_attn_shape(shape);
+  check_cuda_matrix(qkv, "write_kv_cache qkv");
+  check_half(qkv.dtype(), "write_kv_cache qkv");
+  const int64_t num_tokens = qkv.dim(0);
+  check_cuda(qkv, "write_kv_cache qkv", qkv.dtype(), {num_tokens, shape.qkv_width()});
+  check_cuda(slot_mapping, "slot_mapping", DType::kI32, {num_tokens});
+  LLMCORE_CHECK(k_cache.ndim() == 4, "k_cache must be [NB, Hkv, BS, D], got ", shape_str(k_cache.shape()));
+  const Shape cache_shape = {k_cache.dim(0), shape.num_kv_heads, k_cache.dim(2), shape.head_dim};
+  check_cuda(k_cache, "k_cache", qkv.dtype(), cache_shape);
+  check_cuda(v_cache, "v_cache", qkv.dtype(), cache_shape);
+  const int block_size = to_int(k_cache.dim(2), "kv cache block size");
+  LLMCORE_CHECK(block_size > 0, "k_cache block size must be positive");
+  to_int(int64_t{shape.num_kv_heads} * shape.head_dim, "Hkv * D");
+  return block_size;
 }
 
 }  // namespace llmcore::kernels::util

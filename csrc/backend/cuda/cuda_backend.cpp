@@ -284,6 +284,14 @@ void CudaBackend::rotary_embedding(Tensor& qkv, const Tensor& positions, const T
   kernels::rotary_embedding(qkv, positions, cos_sin, shape, error_word_, stream_);
 }
 
+void CudaBackend::rotary_embedding_and_write_kv(Tensor& qkv, const Tensor& positions, const Tensor& cos_sin,
+                                                Tensor& k_cache, Tensor& v_cache, const Tensor& slot_mapping,
+                                                const AttnShape& shape) {
+  cuda::DeviceGuard guard(device_);
+  kernels::rotary_embedding_and_write_kv(qkv, positions, cos_sin, k_cache, v_cache, slot_mapping, shape, error_word_,
+                                         stream_);
+}
+
 void CudaBackend::write_kv_cache(const Tensor& qkv, Tensor& k_cache, Tensor& v_cache,
                                  const Tensor& slot_mapping, const AttnShape& shape) {
   cuda::DeviceGuard guard(device_);

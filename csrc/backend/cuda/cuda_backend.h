@@ -58,6 +58,8 @@ class CudaBackend final : public Backend {
               const RowKinds* kinds = nullptr) override;
   void rotary_embedding(Tensor& qkv, const Tensor& positions, const Tensor& cos_sin,
                         const AttnShape& shape) override;
+  void rotary_embedding_and_write_kv(Tensor& qkv, const Tensor& positions, const Tensor& cos_sin, Tensor& k_cache,
+                                     Tensor& v_cache, const Tensor& slot_mapping, const AttnShape& shape) override;
   void write_kv_cache(const Tensor& qkv, Tensor& k_cache, Tensor& v_cache,
                       const Tensor& slot_mapping, const AttnShape& shape) override;
   void paged_attention(Tensor& out, const Tensor& qkv, const Tensor& k_cache, const Tensor& v_cache,

@@ -1,10 +1,12 @@
 // The CUDA backend's paged KV cache writes and block copies against the CPU backend, bitwise:
-// both only move values, so the caches must agree exactly, including the untouched slots.
+// both only move values, so the caches must agree exactly, including the untouched slots. The fused
+// rotary + cache write against the two ops it replaces, bitwise.
 #include <gtest/gtest.h>
 
 #include <algorithm>
 #include <numeric>
 #include <random>
+#include <string>
 #include <utility>
 #include <vector>
 
@@ -113,6 +115,51 @@ TEST(CudaKvCache, CopyKvBlocksAppliesPairsInListOrder) {
     dev.v.push_back(be->empty({4, 1, 2, 8}, dt));
     EXPECT_THROW(be->copy_kv_blocks(dev, {{0, 4}}), Error);
     EXPECT_THROW(be->copy_kv_blocks(dev, {{-1, 0}}), Error);
+  }
+}
+
+// rotary_embedding_and_write_kv is rotary_embedding then write_kv_cache, bit for bit: qkv and both
+// caches, skipped slots (-1), a position outside the table (its q and k poisoned, the NaN k cached
+// as the two ops do), head dims with and without 16-byte vectors.
+TEST(CudaKvCache, FusedRotaryAndWriteIsRotaryThenWrite) {
+  LLMCORE_SKIP_WITHOUT_CUDA();
+  std::mt19937 rng(205);
+  const AttnShape shapes[] = {{4, 2, 64}, {2, 1, 6}, {32, 8, 128}};
+  for (DType dt : {DType::kBF16, DType::kF16}) {
+    auto be = make_backend(dt);
+    for (const AttnShape& shape : shapes) {
+      const int64_t max_pos = 300, block_size = 16, num_blocks = 20, tokens = 37;
+      const Shape cache_shape = {num_blocks, shape.num_kv_heads, block_size, shape.head_dim};
+      const Tensor cos_sin = upload(*be, random_rounded({max_pos, shape.head_dim}, DType::kF32, rng));
+      std::vector<int32_t> pos(static_cast<size_t>(tokens));
+      std::uniform_int_distribution<int32_t> pick(0, max_pos - 1);
+      for (auto& p : pos) p = pick(rng);
+      pos[5] = static_cast<int32_t>(max_pos);  // outside the table
+      const Tensor positions = upload(*be, int_tensor(pos));
+      const Tensor slots = upload(*be, int_tensor(random_slots(tokens, num_blocks * block_size, rng)));
+      const Tensor qkv_host = random_rounded({tokens, shape.qkv_width()}, dt, rng);
+      const Tensor k_host = random_rounded(cache_shape, dt, rng), v_host = random_rounded(cache_shape, dt, rng);
+
+      Tensor qkv_a = upload_as(*be, qkv_host, dt), k_a = upload_as(*be, k_host, dt), v_a = upload_as(*be, v_host, dt);
+      be->rotary_embedding(qkv_a, positions, cos_sin, shape);
+      be->write_kv_cache(qkv_a, k_a, v_a, slots, shape);
+      EXPECT_THROW(be->synchronize(), Error);  // the position outside the table
+      Tensor qkv_b = upload_as(*be, qkv_host, dt), k_b = upload_as(*be, k_host, dt), v_b = upload_as(*be, v_host, dt);
+      be->rotary_embedding_and_write_kv(qkv_b, positions, cos_sin, k_b, v_b, slots, shape);
+      EXPECT_THROW(be->synchronize(), Error);
+      const std::string what = std::string(short_name(dt)) + " D " + std::to_string(shape.head_dim);
+      EXPECT_TRUE(same_bits(download(*be, qkv_b), download(*be, qkv_a))) << what;
+      EXPECT_TRUE(same_bits(download(*be, k_b), download(*be, k_a))) << what;
+      EXPECT_TRUE(same_bits(download(*be, v_b), download(*be, v_a))) << what;
+    }
+    // A slot past the end of the cache is reported at the next sync.
+    const AttnShape shape{2, 1, 8};
+    Tensor k = be->empty({2, 1, 4, 8}, dt), v = be->empty({2, 1, 4, 8}, dt);
+    Tensor qkv = be->empty({1, shape.qkv_width()}, dt);
+    be->rotary_embedding_and_write_kv(qkv, upload(*be, int_tensor({0})),
+                                      upload(*be, random_rounded({4, 8}, DType::kF32, rng)), k, v,
+                                      upload(*be, int_tensor({8})), shape);
+    EXPECT_THROW(be->synchronize(), Error);
   }
 }
 
