@@ -93,10 +93,6 @@ __global__ void RotaryKernel(RotaryParams<T> p) {
   }
 }
 
-}  // namespace
-
-namespace {
-
 // Checks the rotary arguments; returns max_pos.
 int check_rotary(const Tensor& qkv, const Tensor& positions, const Tensor& cos_sin, const AttnShape& shape) {
   util::check_attn_shape(shape);
