@@ -40,11 +40,6 @@ inline void check_attn_shape(const AttnShape& shape) {
                 shape.num_kv_heads, ", head_dim ", shape.head_dim);
 }
 
-// The arguments of a KV-cache write of qkv [T, (Hq + 2 Hkv) * D]: slot_mapping [T] int32, k_cache
-// and v_cache [NB, Hkv, BS, D] of qkv's dtype, all on the GPU. Returns BS.
-inline int check_kv_cache_write(const Tensor& qkv, const Tensor& k_cache, const Tensor& v_cache,
-                                const Tensor& slot_mapping, const AttnShape& shape);
-
 // `v` as an int for a launch dimension or kernel index; throws RuntimeError naming `what` if it
 // does not fit.
 inline int to_int(int64_t v, const char* what) {
@@ -68,6 +63,8 @@ inline int row_block_threads(int64_t units, int max_threads = 1024) {
   return static_cast<int>(threads < max_threads ? threads : max_threads);
 }
 
+// The arguments of a KV-cache write of qkv [T, (Hq + 2 Hkv) * D]: slot_mapping [T] int32, k_cache
+// and v_cache [NB, Hkv, BS, D] of qkv's dtype, all on the GPU. Returns BS.
 inline int check_kv_cache_write(const Tensor& qkv, const Tensor& k_cache, const Tensor& v_cache,
                                 const Tensor& slot_mapping, const AttnShape& shape) {
   check_attn_shape(shape);
