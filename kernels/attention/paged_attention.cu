@@ -73,14 +73,18 @@ __global__ void __launch_bounds__(CtaShape<kSplit>::kThreads)
     kv_head = blockIdx.y;
     tile = static_cast<int64_t>(blockIdx.x) - tile_slot_begin(p, seq);
   }
+  // Until pdl_wait() the CTA reads only the step's metadata, which no kernel writes; every CTA
+  // waits before it exits, so this grid ends after the kernel before it (common/pdl.cuh).
   const int q_begin = p.query_start_loc[seq];
   const int query_len = p.query_start_loc[seq + 1] - q_begin;
   const int seq_len = p.seq_lens[seq];
-  if (query_len <= 0 || tile < 0) return;
-  if (kSplit != is_split_seq(query_len, seq_len, p.sliding_window, p.max_partitions)) return;
   const int group = p.group;
   const int64_t num_rows = static_cast<int64_t>(query_len) * group;
-  if (tile * kRows >= num_rows) return;
+  if (query_len <= 0 || tile < 0 || tile * kRows >= num_rows ||
+      kSplit != is_split_seq(query_len, seq_len, p.sliding_window, p.max_partitions)) {
+    pdl_wait();
+    return;
+  }
   const int row_begin = static_cast<int>(tile * kRows);
   const int row_end = static_cast<int>(min(num_rows, static_cast<int64_t>(row_begin) + kRows));
   const int pos0 = seq_len - query_len;  // position of the sequence's first query token
@@ -92,7 +96,10 @@ __global__ void __launch_bounds__(CtaShape<kSplit>::kThreads)
   if constexpr (kSplit) {
     key_lo = max(key_lo, part * kPartition);
     key_hi = min(key_hi, (part + 1) * kPartition);
-    if (key_lo >= key_hi) return;  // a partition outside the row's keys: never combined
+    if (key_lo >= key_hi) {  // a partition outside the row's keys: never combined
+      pdl_wait();
+      return;
+    }
   }
   const int t_begin = key_lo / kN;
   const int t_end = key_lo < key_hi ? (key_hi + kN - 1) / kN : t_begin;
@@ -120,38 +127,46 @@ __global__ void __launch_bounds__(CtaShape<kSplit>::kThreads)
   const T* v_cache = static_cast<const T*>(p.v_cache);
   const int32_t* table = p.block_tables + static_cast<int64_t>(seq) * p.max_blocks_per_seq;
 
-  // Q tile: row r of the CTA is token q_begin + (row_begin + r) / group, head kv_head * group
-  // + (row_begin + r) % group; rows past the sequence are zero.
-  for (int c = threadIdx.x; c < kRows * kChunks; c += kThreads) {
-    const int r = c / kChunks, chunk = c % kChunks;
-    T* dst = q_s + r * kS + chunk * 8;
-    const int rr = row_begin + r;
-    const int64_t token = static_cast<int64_t>(q_begin) + rr / group;
-    if (rr < row_end && token >= 0 && token < p.num_tokens) {
-      const int head = kv_head * group + rr % group;
-      cp_async16(dst, qkv + token * p.qkv_width + static_cast<int64_t>(head) * D + chunk * 8);
-    } else {
-      *reinterpret_cast<uint4*>(dst) = make_uint4(0, 0, 0, 0);
-    }
-  }
-
-  // K/V tile t into a stage, in two steps split by a barrier: locate_keys() looks up each key's
-  // block once, load_kv() then copies the 16-byte chunks. Keys outside [key_lo, key_hi) are
+  // Where the keys of tile t start in either cache, in two steps so that the table read can be
+  // issued early: key_block() reads the block-table entry of this thread's key (one key per
+  // thread, kN <= kThreads), store_key() turns it into the offset in the stage's slot, before
+  // a barrier; load_kv() then copies the 16-byte chunks. Keys outside [key_lo, key_hi) are
   // never read (zeros). A block id outside the cache is never dereferenced: its keys and values
   // become NaN, which turns every row of the warps that attend that tile into NaN (0 * NaN).
-  auto locate_keys = [&](int t, int stage) {
-    for (int n = threadIdx.x; n < kN; n += kThreads) {
-      const int key = t * kN + n;
-      int64_t off = kNoKey;
-      if (key >= key_lo && key < key_hi) {
-        const int b = key / p.block_size;
-        const int block = b < p.max_blocks_per_seq ? table[b] : -1;
-        off = block >= 0 && block < p.num_blocks
-                  ? ((static_cast<int64_t>(block) * p.num_kv_heads + kv_head) * p.block_size +
-                     key % p.block_size) * D
-                  : kBadBlock;
+  static_assert(kN <= kThreads, "one key per thread");
+  constexpr int64_t kOutside = INT64_MIN;  // key_block(): no key of the row range
+  auto key_block = [&](int t) -> int64_t {
+    const int key = t * kN + threadIdx.x;
+    if (threadIdx.x >= kN || key < key_lo || key >= key_hi) return kOutside;
+    const int b = key / p.block_size;
+    return b < p.max_blocks_per_seq ? table[b] : -1;
+  };
+  auto store_key = [&](int t, int64_t block, int stage) {
+    if (threadIdx.x >= kN) return;
+    const int key = t * kN + threadIdx.x;
+    int64_t off = kNoKey;
+    if (block != kOutside)
+      off = block >= 0 && block < p.num_blocks
+                ? ((block * p.num_kv_heads + kv_head) * p.block_size + key % p.block_size) * D
+                : kBadBlock;
+    key_off_s[stage * kN + threadIdx.x] = off;
+  };
+  auto locate_keys = [&](int t, int stage) { store_key(t, key_block(t), stage); };
+
+  // Q tile: row r of the CTA is token q_begin + (row_begin + r) / group, head kv_head * group
+  // + (row_begin + r) % group; rows past the sequence are zero.
+  auto load_q = [&] {
+    for (int c = threadIdx.x; c < kRows * kChunks; c += kThreads) {
+      const int r = c / kChunks, chunk = c % kChunks;
+      T* dst = q_s + r * kS + chunk * 8;
+      const int rr = row_begin + r;
+      const int64_t token = static_cast<int64_t>(q_begin) + rr / group;
+      if (rr < row_end && token >= 0 && token < p.num_tokens) {
+        const int head = kv_head * group + rr % group;
+        cp_async16(dst, qkv + token * p.qkv_width + static_cast<int64_t>(head) * D + chunk * 8);
+      } else {
+        *reinterpret_cast<uint4*>(dst) = make_uint4(0, 0, 0, 0);
       }
-      key_off_s[stage * kN + n] = off;
     }
   };
   const uint32_t nan2 = (static_cast<uint32_t>(H::kNaNBits) << 16) | H::kNaNBits;
@@ -199,6 +214,8 @@ __global__ void __launch_bounds__(CtaShape<kSplit>::kThreads)
   // the start of iteration t + 1 (one stage).
   if (t_begin < t_end) locate_keys(t_begin, 0);
   if (kStages == 2 && t_begin + 1 < t_end) locate_keys(t_begin + 1, 1);
+  pdl_wait();  // q and this step's keys and values come from the kernels before
+  load_q();
   __syncthreads();
   if (kStages == 2 && t_begin < t_end) load_kv(0);
   cp_async_commit();
@@ -218,6 +235,10 @@ __global__ void __launch_bounds__(CtaShape<kSplit>::kThreads)
       cp_async_wait<0>();
     }
     __syncthreads();
+    // The table entries of tile t + 2 (two stages; tile t + 1's were located an iteration ago)
+    // or t + 1 (one stage), read now and stored after the tile's math.
+    const int t_next = kStages == 2 ? t + 2 : t + 1;
+    const int64_t next_block = t_next < t_end ? key_block(t_next) : kOutside;
 
     if (warp_active && t * kN < warp_key_hi && (t + 1) * kN > warp_key_lo)
       attend_tile<T, D>(st, q_s + warp * 16 * kS, k_s + stage * kN * kS, v_s + stage * kN * kS,
@@ -260,10 +281,8 @@ __global__ void __launch_bounds__(CtaShape<kSplit>::kThreads)
       }
       st.reset();
     }
-    // Offsets of tile t + 2 (two stages; tile t + 1's were located an iteration ago) or t + 1
-    // (one stage), into a slot whose copies have all been issued.
-    const int t_next = kStages == 2 ? t + 2 : t + 1;
-    if (t_next < t_end) locate_keys(t_next, kStages == 2 ? stage : 0);
+    // Into a slot whose copies have all been issued.
+    if (t_next < t_end) store_key(t_next, next_block, kStages == 2 ? stage : 0);
     __syncthreads();  // the next iteration's copies overwrite this stage
   }
   cp_async_wait<0>();  // no copy may be in flight at exit (t_begin == t_end: the Q tile)
@@ -297,6 +316,7 @@ __global__ void __launch_bounds__(kCombineThreads) PagedAttentionCombineKernel(c
   const int q_begin = p.query_start_loc[seq];
   const int query_len = p.query_start_loc[seq + 1] - q_begin;
   const int seq_len = p.seq_lens[seq];
+  pdl_wait();  // the partitions' states come from the split kernel
   if (!is_split_seq(query_len, seq_len, p.sliding_window, p.max_partitions)) return;
   if (q_begin < 0 || q_begin >= p.num_tokens) return;
   const int pos = seq_len - 1;
@@ -358,21 +378,17 @@ void launch(const Params& p, int64_t num_tokens, cudaStream_t stream) {
   const int64_t slots = num_tokens * p.group / kBlockM + p.num_seqs;
   LLMCORE_CHECK(slots <= 0x7fffffff, "paged_attention: ", slots, " query tiles exceed the grid");
   const size_t smem = prepare<T, D, false>();
-  PagedAttentionKernel<T, D, false>
-      <<<dim3(static_cast<unsigned>(slots), p.num_kv_heads), CtaShape<false>::kThreads, smem,
-         stream>>>(p);
-  LLMCORE_CUDA_CHECK_LAUNCH();
+  launch_with_pdl(PagedAttentionKernel<T, D, false>, dim3(static_cast<unsigned>(slots), p.num_kv_heads),
+               dim3(CtaShape<false>::kThreads), smem, stream, p);
   if (p.max_partitions > 1) {
     const int64_t split_y = static_cast<int64_t>(p.num_kv_heads) * p.split_row_tiles;
     LLMCORE_CHECK(split_y <= 65535, "paged_attention: ", split_y, " split CTAs per partition");
     const size_t split_smem = prepare<T, D, true>();
-    PagedAttentionKernel<T, D, true>
-        <<<dim3(p.max_partitions, static_cast<unsigned>(split_y), p.num_seqs),
-           CtaShape<true>::kThreads, split_smem, stream>>>(p);
-    LLMCORE_CUDA_CHECK_LAUNCH();
-    PagedAttentionCombineKernel<T, D>
-        <<<dim3(p.num_seqs, p.num_heads), std::min(D, kCombineThreads), 0, stream>>>(p);
-    LLMCORE_CUDA_CHECK_LAUNCH();
+    launch_with_pdl(PagedAttentionKernel<T, D, true>,
+                 dim3(p.max_partitions, static_cast<unsigned>(split_y), p.num_seqs),
+                 dim3(CtaShape<true>::kThreads), split_smem, stream, p);
+    launch_with_pdl(PagedAttentionCombineKernel<T, D>, dim3(p.num_seqs, p.num_heads),
+                 dim3(std::min(D, kCombineThreads)), 0, stream, p);
   }
 }
 

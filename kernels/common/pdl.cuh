@@ -5,6 +5,13 @@
 // a successor start as soon as all of its own blocks have made that call, instead of when they
 // exit. Both are no-ops before sm_90, and pdl_wait() returns at once in a kernel launched without
 // the attribute. LLMCORE_PDL=0 (read once) launches everything the ordinary way.
+//
+// pdl_wait() returns once the kernel before has completed and its writes are visible. Every CTA
+// of a kernel launched this way calls it before it exits (also a CTA with nothing to do), so a
+// grid never completes before the one before it, and a chain of such launches stays ordered
+// however early each of them starts. A decode step launches its GEMMs, RMSNorms, rotary and
+// attention kernels this way: each one's launch, its metadata reads and (GEMMs) its first
+// weights overlap the kernel before it.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -42,13 +49,14 @@ inline bool pdl_enabled() {
   return major >= 9;
 }
 
-// kernel<<<grid, block, 0, stream>>>(args...), allowed to overlap the previous kernel's tail.
+// kernel<<<grid, block, smem, stream>>>(args...), allowed to overlap the previous kernel's tail.
 template <typename... Params, typename... Args>
-void launch_with_pdl(void (*kernel)(Params...), dim3 grid, dim3 block, cudaStream_t stream, Args&&... args) {
+void launch_with_pdl(void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem, cudaStream_t stream,
+                     Args&&... args) {
   cudaLaunchConfig_t config = {};
   config.gridDim = grid;
   config.blockDim = block;
-  config.dynamicSmemBytes = 0;
+  config.dynamicSmemBytes = smem;
   config.stream = stream;
   cudaLaunchAttribute attr[1];
   attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;

@@ -25,7 +25,7 @@
 // bypass L1 (each weight element is read once; the token rows, read by every row tile, stay there).
 // The kernel is launched with programmatic dependent launch (common/pdl.cuh): its CTAs start and
 // load their first weights while the kernel producing x (RMSNorm, SiLU-and-mul, attention)
-// finishes.
+// finishes, and once a CTA has read all its weights it lets the next kernel launch.
 //
 // Batch invariance: an output element is fixed by its weight row, its token row, kChunk and
 // kKWarps (constants), and the mma, whose output column n depends only on B's column n. The number
@@ -226,6 +226,9 @@ __global__ void __launch_bounds__(kRowTiles * kKWarps * 32)
     chunk = after;
   }
 
+  // The weights are all read: the next kernel may launch and wait for this one's outputs, or
+  // start on its own weights (common/pdl.cuh).
+  pdl_launch_dependents();
   __shared__ float partial[kRowTiles * (kKWarps - 1) * kColTiles * 4 * 32];
   __shared__ float up_s[kGated ? kColTiles * 4 * 32 : 1];
   reduce_and_store<T, OutT, kColTiles, kRowTiles, kGated>(p, acc, partial, up_s, rt, kw, lane, tile_row, w_base,
@@ -236,7 +239,7 @@ template <typename T, typename OutT, int kColTiles, int kRowTiles, bool kGated =
 void launch(const SkinnyParams<T, OutT>& p, cudaStream_t stream) {
   const dim3 grid(static_cast<unsigned>(util::ceil_div(p.m, 8 * kColTiles)),
                   static_cast<unsigned>(kGated ? util::ceil_div(p.inter, 16) : util::ceil_div(p.n, 16 * kRowTiles)));
-  launch_with_pdl(SkinnyGemmKernel<T, OutT, kColTiles, kRowTiles, kGated>, grid, dim3(kRowTiles * kKWarps * 32),
+  launch_with_pdl(SkinnyGemmKernel<T, OutT, kColTiles, kRowTiles, kGated>, grid, dim3(kRowTiles * kKWarps * 32), 0,
                   stream, p);
 }
 

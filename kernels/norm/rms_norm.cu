@@ -31,6 +31,7 @@ struct RmsNormParams {
 template <typename T, int kVec, bool kAddResidual>
 __global__ void RmsNormKernel(RmsNormParams<T> p) {
   pdl_launch_dependents();  // the GEMM after it may start loading its weights (common/pdl.cuh)
+  pdl_wait();               // x and residual come from the kernels before
   const int64_t row_start = static_cast<int64_t>(blockIdx.x) * p.hidden;
   const T* x = p.x + row_start;                                   // [Hd]
   T* out = p.out + row_start;                                     // [Hd]
@@ -81,10 +82,10 @@ void launch_rms_norm(const RmsNormParams<T>& p, int64_t num_tokens, cudaStream_t
                     (!kAddResidual || util::is_aligned(p.residual, 16));
   if (vec8) {
     const int threads = util::row_block_threads(p.hidden / 8);
-    RmsNormKernel<T, 8, kAddResidual><<<grid, threads, 0, stream>>>(p);
+    launch_with_pdl(RmsNormKernel<T, 8, kAddResidual>, dim3(grid), dim3(threads), 0, stream, p);
   } else {
     const int threads = util::row_block_threads(p.hidden);
-    RmsNormKernel<T, 1, kAddResidual><<<grid, threads, 0, stream>>>(p);
+    launch_with_pdl(RmsNormKernel<T, 1, kAddResidual>, dim3(grid), dim3(threads), 0, stream, p);
   }
   LLMCORE_CUDA_CHECK_LAUNCH();
 }

@@ -7,6 +7,7 @@
 #include <cmath>
 
 #include "kernels/common/dispatch.cuh"
+#include "kernels/common/pdl.cuh"
 #include "kernels/common/tensor_checks.h"
 #include "kernels/common/vec.cuh"
 #include "kernels/kernels.h"
@@ -39,12 +40,14 @@ struct RotaryParams {
 // token's cache slot.
 template <typename T, int kVec, bool kWriteKv>
 __global__ void RotaryKernel(RotaryParams<T> p) {
+  pdl_launch_dependents();  // attention may start reading its metadata (common/pdl.cuh)
   const int64_t token = blockIdx.x;
   const int half = p.head_dim / 2;
   const int vecs_per_head = half / kVec;
   const int num_items = p.num_rotated * vecs_per_head;
   T* row = p.qkv + token * p.width;  // [width]
   const int pos = p.positions[token];
+  pdl_wait();  // qkv comes from the kernel before
   if (pos < 0 || pos >= p.max_pos) {
     // Never read outside the table; poison the q and k heads and report.
     const T nan = from_float<T>(NAN);
@@ -142,11 +145,11 @@ void launch_rotary(Tensor& qkv, const Tensor& positions, const Tensor& cos_sin, 
     const int64_t units = int64_t{num_rotated} * (vec8 ? half / 8 : half);
     const int threads = util::row_block_threads(units, 256);
     if (vec8) {
-      if (write_kv) RotaryKernel<T, 8, true><<<grid, threads, 0, stream>>>(p);
-      else RotaryKernel<T, 8, false><<<grid, threads, 0, stream>>>(p);
+      if (write_kv) launch_with_pdl(RotaryKernel<T, 8, true>, dim3(grid), dim3(threads), 0, stream, p);
+      else launch_with_pdl(RotaryKernel<T, 8, false>, dim3(grid), dim3(threads), 0, stream, p);
     } else {
-      if (write_kv) RotaryKernel<T, 1, true><<<grid, threads, 0, stream>>>(p);
-      else RotaryKernel<T, 1, false><<<grid, threads, 0, stream>>>(p);
+      if (write_kv) launch_with_pdl(RotaryKernel<T, 1, true>, dim3(grid), dim3(threads), 0, stream, p);
+      else launch_with_pdl(RotaryKernel<T, 1, false>, dim3(grid), dim3(threads), 0, stream, p);
     }
     LLMCORE_CUDA_CHECK_LAUNCH();
   });
