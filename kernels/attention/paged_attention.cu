@@ -47,7 +47,10 @@ using namespace attention_detail;
 template <typename T, int D, bool kSplit>
 __global__ void __launch_bounds__(CtaShape<kSplit>::kThreads)
     PagedAttentionKernel(const Params p) {
-  pdl_launch_dependents();  // o_proj's decode GEMM may start loading its weights (common/pdl.cuh)
+  // A walking CTA lets the next kernel launch at once: the split kernel, or o_proj's decode GEMM,
+  // which starts loading its weights (common/pdl.cuh). A split CTA does not, so that the
+  // combine kernel, and the GEMM after it, take no SM room from split CTAs still to run.
+  if constexpr (!kSplit) pdl_launch_dependents();
   using Shape = TileShape<D>;
   using Cta = CtaShape<kSplit>;
   using H = HalfType<T>;
