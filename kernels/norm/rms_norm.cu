@@ -87,7 +87,6 @@ void launch_rms_norm(const RmsNormParams<T>& p, int64_t num_tokens, cudaStream_t
     const int threads = util::row_block_threads(p.hidden);
     launch_with_pdl(RmsNormKernel<T, 1, kAddResidual>, dim3(grid), dim3(threads), 0, stream, p);
   }
-  LLMCORE_CUDA_CHECK_LAUNCH();
 }
 
 }  // namespace

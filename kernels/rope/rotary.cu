@@ -151,7 +151,6 @@ void launch_rotary(Tensor& qkv, const Tensor& positions, const Tensor& cos_sin, 
       if (write_kv) launch_with_pdl(RotaryKernel<T, 1, true>, dim3(grid), dim3(threads), 0, stream, p);
       else launch_with_pdl(RotaryKernel<T, 1, false>, dim3(grid), dim3(threads), 0, stream, p);
     }
-    LLMCORE_CUDA_CHECK_LAUNCH();
   });
 }
 
