@@ -48,7 +48,7 @@ DecodeGraphs::DecodeGraphs(CudaBackend& backend, Model& model, KVCache& kv_cache
   LLMCORE_CUDA_CHECK(cudaMallocHost(&host_, static_cast<size_t>(total) * sizeof(int32_t)));
   logits_ = backend_.empty({max_batch, model_.config().vocab_size}, DType::kF32);
   try {
-    upload(nullptr, max_batch);  // all padding: the warm-up passes write no cache slot
+    upload(nullptr, max_batch, max_blocks_);  // all padding, every table layout zero: no cache slot written
     const uintptr_t pool = reinterpret_cast<uintptr_t>(this);
     context_limits_ = {std::min(max_model_len, kernels::kPagedAttentionPartitionSize)};
     if (max_model_len > context_limits_[0]) context_limits_.push_back(max_model_len);
@@ -98,7 +98,7 @@ ForwardInput DecodeGraphs::input_for(int batch, int max_seq_len) const {
   in.attn.query_start_loc = view(kQueryStart, {batch + 1});
   in.attn.seq_lens = view(kSeqLens, {batch});
   in.attn.slot_mapping = view(kSlots, {batch});
-  in.attn.block_tables = Tensor::wrap(base + kNumArrays * stride_, {batch, max_blocks_}, DType::kI32,
+  in.attn.block_tables = Tensor::wrap(base + kNumArrays * stride_, {batch, table_width(max_seq_len)}, DType::kI32,
                                       Device::kCUDA);
   in.logits_out = Tensor::wrap(logits_.data(), {batch, model_.config().vocab_size}, DType::kF32,
                                Device::kCUDA);
@@ -110,14 +110,19 @@ ForwardInput DecodeGraphs::input_for(int batch, int max_seq_len) const {
   return in;
 }
 
-void DecodeGraphs::upload(const SchedulerOutput* out, int batch) {
+int DecodeGraphs::table_width(int context_limit) const {
+  return std::min(max_blocks_, (context_limit + block_size_ - 1) / block_size_);
+}
+
+void DecodeGraphs::upload(const SchedulerOutput* out, int batch, int width) {
   const int n = out ? static_cast<int>(out->scheduled.size()) : 0;
   int32_t* a = host_;
-  int32_t* tables = host_ + kNumArrays * stride_;
-  std::fill(tables, tables + static_cast<int64_t>(batch) * max_blocks_, 0);
+  int32_t* tables = host_ + kNumArrays * stride_;  // [batch, width]
   for (int i = 0; i < batch; ++i) {
     a[kLogitsRows * stride_ + i] = i;
     a[kQueryStart * stride_ + i] = i;
+    int32_t* row = tables + static_cast<int64_t>(i) * width;
+    int used = 0;  // table entries of the row's keys (the kernels read no further); zeros after
     if (i < n) {
       const Sequence& seq = *out->scheduled[i].seq;
       const int pos = seq.num_computed_tokens;
@@ -125,13 +130,15 @@ void DecodeGraphs::upload(const SchedulerOutput* out, int batch) {
       a[kPositions * stride_ + i] = pos;
       a[kSlots * stride_ + i] = seq.block_table[pos / block_size_] * block_size_ + pos % block_size_;
       a[kSeqLens * stride_ + i] = pos + 1;
-      std::copy(seq.block_table.begin(), seq.block_table.end(), tables + static_cast<int64_t>(i) * max_blocks_);
+      used = std::min(pos / block_size_ + 1, static_cast<int>(seq.block_table.size()));
+      std::copy_n(seq.block_table.begin(), used, row);
     } else {  // padding: one key (block 0, slot 0), nothing written to the cache
       a[kTokens * stride_ + i] = 0;
       a[kPositions * stride_ + i] = 0;
       a[kSlots * stride_ + i] = -1;
       a[kSeqLens * stride_ + i] = 1;
     }
+    std::fill(row + used, row + width, 0);
   }
   a[kQueryStart * stride_ + batch] = batch;
   cuda::DeviceGuard guard(backend_.device_index());
@@ -140,7 +147,7 @@ void DecodeGraphs::upload(const SchedulerOutput* out, int batch) {
   LLMCORE_CUDA_CHECK(cudaMemcpyAsync(d, host_, kNumArrays * stride_ * sizeof(int32_t),
                                      cudaMemcpyHostToDevice, backend_.stream()));
   LLMCORE_CUDA_CHECK(cudaMemcpyAsync(d + kNumArrays * stride_, tables,
-                                     static_cast<size_t>(batch) * max_blocks_ * sizeof(int32_t),
+                                     static_cast<size_t>(batch) * width * sizeof(int32_t),
                                      cudaMemcpyHostToDevice, backend_.stream()));
   if (out == nullptr) backend_.synchronize();
 }
@@ -165,7 +172,7 @@ Tensor DecodeGraphs::run(const SchedulerOutput& out) {
   int longest = 0;
   for (const ScheduledSequence& ss : out.scheduled) longest = std::max(longest, ss.seq->num_computed_tokens + 1);
   const int limit = *std::lower_bound(context_limits_.begin(), context_limits_.end(), longest);
-  upload(&out, batch);
+  upload(&out, batch, table_width(limit));
   graphs_.at({batch, limit}).replay();
   return Tensor::wrap(logits_.data(), {batch, model_.config().vocab_size}, DType::kF32, Device::kCUDA);
 }

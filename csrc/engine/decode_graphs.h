@@ -8,7 +8,9 @@
 // Attention is captured twice per bucket: for contexts within one attention partition (no
 // split-K kernels) and for contexts up to max_model_len (partition count and workspace fixed;
 // CTAs of partitions a row does not have exit at once); a step uses the first that covers its
-// longest context. Scratch memory comes from one private
+// longest context. Each set's block table is only as wide as its context limit needs (32 columns
+// for 512 keys in blocks of 16), so a short-context step stages and copies that much, not
+// max_model_len's worth per sequence. Scratch memory comes from one private
 // allocator pool shared by all buckets' graphs (they never run at the same time); the logits
 // buffer is shared too.
 #pragma once
@@ -51,9 +53,12 @@ class DecodeGraphs {
 
  private:
   ForwardInput input_for(int batch, int max_seq_len) const;
-  // Fills the host staging for `batch` rows from `out` (padding past its sequences) and copies
-  // the used parts to the device buffer.
-  void upload(const SchedulerOutput* out, int batch);
+  // Block-table columns of the graphs captured for contexts up to context_limit: the blocks of
+  // that many keys (a short-context step uploads no table columns its keys cannot reach).
+  int table_width(int context_limit) const;
+  // Fills the host staging for `batch` rows from `out` (padding past its sequences), the block
+  // table as [batch, width], and copies the used parts to the device buffer.
+  void upload(const SchedulerOutput* out, int batch, int width);
 
   CudaBackend& backend_;
   Model& model_;
@@ -61,7 +66,7 @@ class DecodeGraphs {
   const int block_size_;
   const bool generated_rows_apart_;
   const int max_model_len_;
-  const int max_blocks_;  // block-table width: ceil(max_model_len / block_size)
+  const int max_blocks_;  // widest block table: ceil(max_model_len / block_size)
   int max_batch_ = 0;
   int64_t stride_ = 0;    // ints per small array (>= max_batch + 1, 256-byte multiple)
   std::vector<int> buckets_;
