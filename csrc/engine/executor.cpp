@@ -163,6 +163,7 @@ Executor::Executor(const ExecutorConfig& config, const ModelConfig& model_config
     } else {
 #ifdef LLMCORE_WITH_CUDA
       rank.backend = create_cuda_backend(rank.index, config.dtype);
+      dynamic_cast<CudaBackend&>(*rank.backend).set_decode_gemm(config.generated_rows_apart && config.decode_gemm);
 #endif
     }
   });

@@ -48,9 +48,12 @@ struct ExecutorConfig {
   int tensor_parallel_size = 1;
   double tp_step_timeout_s = 300;  // a rank whose step runs longer aborts the group (a hang)
   // Tell the model which rows are generated tokens (ForwardInput::row_kinds), so the CUDA backend
-  // computes them with its decode GEMM (kernels/linear/skinny_gemm.cu); off: every row is computed
-  // as a prompt row (cuBLASLt). The engine decides (llm_engine.cpp, kDecodeGemmMaxSeqs).
+  // computes prompt rows and generated rows each with a GEMM chosen for them (cuBLASLt plans per
+  // role, or the decode GEMM below); off: every row is computed the same way.
   bool generated_rows_apart = false;
+  // With generated_rows_apart: generated rows through the decode GEMM (kernels/linear/skinny_gemm.cu)
+  // rather than cuBLASLt. The engine decides (llm_engine.cpp, kDecodeGemmMaxSeqs).
+  bool decode_gemm = false;
   // Test seam (LLMCORE_FAULT_INJECT="rank=R,step=N"): rank R throws in its N-th execute().
   int fault_rank = -1;
   int64_t fault_step = 0;

@@ -171,7 +171,8 @@ LLMEngine::LLMEngine(const EngineConfig& config) : config_(config), seed_rng_(co
   ec.block_size = config.block_size;
   ec.num_threads = config.num_threads;
   ec.tensor_parallel_size = config.tensor_parallel_size;
-  ec.generated_rows_apart = config.device != "cpu" && config.max_num_seqs <= kDecodeGemmMaxSeqs;
+  ec.generated_rows_apart = config.device != "cpu";
+  ec.decode_gemm = config.max_num_seqs <= kDecodeGemmMaxSeqs;
   if (const char* timeout = std::getenv("LLMCORE_TP_STEP_TIMEOUT_S")) ec.tp_step_timeout_s = std::atof(timeout);
   const FaultPlan fault = parse_fault_plan(std::getenv("LLMCORE_FAULT_INJECT"));
   if (fault.rank >= 0) {

@@ -205,12 +205,12 @@ void for_each_row_kind(const RowKinds& kinds, int64_t x_rows, PromptFn prompt, G
 
 }  // namespace
 
-// Whether the decode GEMM takes x's generated rows: any there are, and it takes the weight (its
+// Whether the decode GEMM takes x's generated rows: it is on, any there are, and it takes the weight (its
 // dtype, K and alignment only; x is staged when its base is misaligned, so that cannot change the
 // kernel either). Then x_use is x, or its aligned copy in x_staged.
 bool CudaBackend::decode_gemm_rows(const Tensor& x, const Tensor& weight, const RowKinds* kinds, Tensor& x_staged,
                                    const Tensor*& x_use) {
-  if (kinds == nullptr || kinds->generated.empty() || x.ndim() != 2 || x.dim(0) == 0 ||
+  if (!decode_gemm_ || kinds == nullptr || kinds->generated.empty() || x.ndim() != 2 || x.dim(0) == 0 ||
       !kernels::skinny_gemm_supports(weight))
     return false;
   x_use = &x;
@@ -224,23 +224,28 @@ bool CudaBackend::decode_gemm_rows(const Tensor& x, const Tensor& weight, const 
 void CudaBackend::linear(Tensor& out, const Tensor& x, const Tensor& weight, const Tensor* bias,
                          const RowKinds* kinds) {
   cuda::DeviceGuard guard(device_);
-  Tensor x_staged;
-  const Tensor* x_use = nullptr;
-  if (!decode_gemm_rows(x, weight, kinds, x_staged, x_use)) {
+  if (kinds == nullptr || x.ndim() != 2) {
     linear_->run(out, x, weight, bias);
     return;
   }
-  // Prompt rows go to cuBLASLt as row slices, generated ranges to the decode GEMM (both check the
-  // operands, the bias included).
+  Tensor x_staged;
+  const Tensor* x_use = &x;
+  const bool decode_gemm = decode_gemm_rows(x, weight, kinds, x_staged, x_use);
+  // Row slices by kind: prompt rows to cuBLASLt's prompt plan, generated ranges to the decode GEMM
+  // or cuBLASLt's generated-row plan (each checks the operands, the bias included).
   for_each_row_kind(
       *kinds, x.dim(0),
       [&](int64_t begin, int64_t end) {
         Tensor o = out.narrow_rows(begin, end - begin);
-        linear_->run(o, x_use->narrow_rows(begin, end - begin), weight, bias);
+        linear_->run(o, x_use->narrow_rows(begin, end - begin), weight, bias, cuda::GemmRole::kPrompt);
       },
       [&](int64_t begin, int64_t end) {
         Tensor o = out.narrow_rows(begin, end - begin);
-        kernels::skinny_gemm(o, x_use->narrow_rows(begin, end - begin), weight, bias, stream_);
+        if (decode_gemm) {
+          kernels::skinny_gemm(o, x_use->narrow_rows(begin, end - begin), weight, bias, stream_);
+        } else {
+          linear_->run(o, x_use->narrow_rows(begin, end - begin), weight, bias, cuda::GemmRole::kGenerated);
+        }
       });
 }
 
@@ -262,7 +267,7 @@ void CudaBackend::linear_silu_and_mul(Tensor& out, Tensor& gate_up, const Tensor
       *kinds, x.dim(0),
       [&](int64_t begin, int64_t end) {
         Tensor gu = gate_up.narrow_rows(begin, end - begin);
-        linear_->run(gu, x_use->narrow_rows(begin, end - begin), weight, bias);
+        linear_->run(gu, x_use->narrow_rows(begin, end - begin), weight, bias, cuda::GemmRole::kPrompt);
         Tensor o = out.narrow_rows(begin, end - begin);
         kernels::silu_and_mul(o, gu, stream_);
       },

@@ -51,9 +51,10 @@ class CudaBackend final : public Backend {
                  int64_t vocab_size) override;
   void rms_norm(Tensor& out, const Tensor& x, const Tensor& weight, float eps) override;
   void add_rms_norm(Tensor& x, Tensor& residual, const Tensor& weight, float eps) override;
-  // Generated-token rows (kinds) through the decode GEMM (kernels/linear/skinny_gemm.cu), prompt
-  // rows through cuBLASLt (cuda_linear.cpp), when the decode GEMM takes the weight; otherwise all
-  // rows through cuBLASLt. Either way a row's bits depend only on the row, its kind and the weight.
+  // With kinds: prompt rows through cuBLASLt's prompt plan (cuda_linear.cpp, GemmRole), generated
+  // rows through the decode GEMM (kernels/linear/skinny_gemm.cu) when it is on and takes the weight,
+  // else through cuBLASLt's generated-row plan. Without kinds: all rows through one cuBLASLt plan.
+  // Either way a row's bits depend only on the row, its kind and the weight.
   void linear(Tensor& out, const Tensor& x, const Tensor& weight, const Tensor* bias,
               const RowKinds* kinds = nullptr) override;
   void rotary_embedding(Tensor& qkv, const Tensor& positions, const Tensor& cos_sin,
@@ -82,8 +83,12 @@ class CudaBackend final : public Backend {
   void reset_peak_memory_stats();
   // Synchronizes, then returns this GPU's cached free blocks to CUDA; returns the bytes released.
   size_t release_cached_memory();
-  // cuBLASLt GEMM plans chosen so far (one per weight shape and output dtype; see cuda_linear.cpp).
+  // cuBLASLt GEMM plans chosen so far (one per weight shape, output dtype and role; cuda_linear.cpp).
   size_t num_linear_plans() const;
+  // Whether generated rows may take the decode GEMM (on by default): an engine that runs more
+  // sequences than it is fast for turns it off, and its generated rows take cuBLASLt's
+  // generated-row plan. Set before the first linear() and never changed after.
+  void set_decode_gemm(bool on) { decode_gemm_ = on; }
 
  private:
   // Whether linear's generated rows of x go to the decode GEMM; x_use: x or its aligned copy.
@@ -95,6 +100,7 @@ class CudaBackend final : public Backend {
 
   const int device_;
   const DType activation_dtype_;
+  bool decode_gemm_ = true;
   cudaStream_t stream_ = nullptr;
   int* error_word_ = nullptr;       // device int: KernelError bits (kernels/kernels.h)
   int* host_error_word_ = nullptr;  // pinned host int the error word is copied into

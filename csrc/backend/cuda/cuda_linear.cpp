@@ -7,13 +7,14 @@
 // K-splits (and so the order of the partial sums) is chosen from M.
 //
 // How: the algorithm is chosen once per (N, K, input dtype, output dtype, bias epilogue, weight
-// alignment), among cublasLtMatmulAlgoGetHeuristic's candidates at a few representative M
-// (kHeuristicTokens), with the heuristic restricted to algorithms without a split-K reduction
+// alignment, role), among cublasLtMatmulAlgoGetHeuristic's candidates at a few representative M
+// (kRoleTokens: the role's heuristic sizes), with the heuristic restricted to algorithms without a split-K reduction
 // (REDUCTION_SCHEME_MASK = NONE) and split-K forced to 1. Each candidate is timed on the real
-// weight at decode- and prefill-sized M (kTimedTokens; its best of 3 timings, the candidates
+// weight at the role's timed M (for kAny decode- and prefill-sized; its best of 3 timings, the candidates
 // taking turns) and the one with the smallest worst time / best time over those M wins: no
 // single M's pick is good at both ends (an M = 128 pick ran o_proj at M = 1 at 45% of memory
-// bandwidth on an H100). That configuration (algorithm id,
+// bandwidth on an H100). A prompt row and a generated row may have plans of their own (GemmRole),
+// since a row's role does not depend on the batch either. That configuration (algorithm id,
 // tile, stages, ...) is cached and passed explicitly to every cublasLtMatmul for that weight
 // shape, whatever T is. With one kernel and no split-K, every output element is one thread's
 // fp32 accumulation over K in the kernel's fixed order, so its bits depend only on its input row
@@ -146,7 +147,8 @@ const CublasLtLinear::Plan& CublasLtLinear::plan_for(const PlanKey& key, const v
   auto found = plans_.find(key);
   if (found != plans_.end()) return *found->second;
 
-  const auto [n, k, in_i, out_i, use_bias, weight_align] = key;
+  const auto [n, k, in_i, out_i, use_bias, weight_align, role] = key;
+  const RoleTokens& sizes = kRoleTokens[role];
   const DType in = static_cast<DType>(in_i), out = static_cast<DType>(out_i);
   const void* bias = use_bias ? bias_ptr : nullptr;
   auto handle = static_cast<cublasLtHandle_t>(handle_);
@@ -174,7 +176,7 @@ const CublasLtLinear::Plan& CublasLtLinear::plan_for(const PlanKey& key, const v
   // Candidates: the heuristic's picks at each representative M, without duplicates.
   std::vector<cublasLtMatmulAlgo_t> candidates;
   int num_results_total = 0;
-  for (int64_t m : kHeuristicTokens) {
+  for (int64_t m : sizes.heuristic) {
     Problem rep(n, k, m, in, out, bias);
     cublasLtMatmulHeuristicResult_t results[kHeuristicCandidates];
     std::memset(results, 0, sizeof(results));
@@ -222,14 +224,14 @@ const CublasLtLinear::Plan& CublasLtLinear::plan_for(const PlanKey& key, const v
   if (!valid.empty()) {
     size_t best = 0;
     if (valid.size() > 1) {
-      // Time each at every kTimedTokens M (capped so the output stays under 256 MiB) on the real
+      // Time each at every timed M of the role (capped so the output stays under 256 MiB) on the real
       // weight, with the weight's own rows as inputs (real, non-zero data).
       const size_t out_size = dtype_size(out);
       std::vector<std::vector<float>> ms(valid.size());
       cudaEvent_t start = nullptr, stop = nullptr;
       LLMCORE_CUDA_CHECK(cudaEventCreate(&start));
       LLMCORE_CUDA_CHECK(cudaEventCreate(&stop));
-      for (int64_t m_want : kTimedTokens) {
+      for (int64_t m_want : sizes.timed) {
         const int64_t m = std::max<int64_t>(1, std::min<int64_t>(m_want, (int64_t{256} << 20) / (n * out_size)));
         Tensor x = empty_on_stream({m, k}, in, device_, stream_);
         Tensor d = empty_on_stream({m, n}, out, device_, stream_);
@@ -292,9 +294,9 @@ const CublasLtLinear::Plan& CublasLtLinear::plan_for(const PlanKey& key, const v
           sum += slowdown;
         }
         if (log) {
-          std::fprintf(stderr, "llmcore gemm plan [%lld, %lld] candidate %zu:", static_cast<long long>(n),
-                       static_cast<long long>(k), c);
-          for (size_t j = 0; j < ms[c].size(); ++j) std::fprintf(stderr, " M=%lld %.4f ms", static_cast<long long>(kTimedTokens[j]), ms[c][j]);
+          std::fprintf(stderr, "llmcore gemm plan [%lld, %lld] role %d candidate %zu:", static_cast<long long>(n),
+                       static_cast<long long>(k), role, c);
+          for (size_t j = 0; j < ms[c].size(); ++j) std::fprintf(stderr, " M=%lld %.4f ms", static_cast<long long>(sizes.timed[j]), ms[c][j]);
           std::fprintf(stderr, " worst %.3f sum %.3f\n", worst, sum);
         }
         if (c == 0 || worst < best_worst - 1e-9 || (worst < best_worst + 0.02 && sum < best_sum)) {
@@ -303,8 +305,9 @@ const CublasLtLinear::Plan& CublasLtLinear::plan_for(const PlanKey& key, const v
           best_sum = sum;
         }
       }
-      if (log) std::fprintf(stderr, "llmcore gemm plan [%lld, %lld]: candidate %zu of %zu\n", static_cast<long long>(n),
-                            static_cast<long long>(k), best, valid.size());
+      if (log)
+        std::fprintf(stderr, "llmcore gemm plan [%lld, %lld] role %d: candidate %zu of %zu\n", static_cast<long long>(n),
+                     static_cast<long long>(k), role, best, valid.size());
     }
     const Plan& chosen = *valid[best];
     plans_.emplace(key, std::move(valid[best]));
@@ -317,7 +320,7 @@ const CublasLtLinear::Plan& CublasLtLinear::plan_for(const PlanKey& key, const v
       num_results_total, " candidates tried)");
 }
 
-void CublasLtLinear::run(Tensor& out, const Tensor& x, const Tensor& weight, const Tensor* bias) {
+void CublasLtLinear::run(Tensor& out, const Tensor& x, const Tensor& weight, const Tensor* bias, GemmRole role) {
   LLMCORE_CHECK(x.device() == Device::kCUDA && weight.device() == Device::kCUDA &&
                     out.device() == Device::kCUDA,
                 "linear: x, weight and out must be on cuda, got ", device_name(x.device()), ", ",
@@ -378,7 +381,7 @@ void CublasLtLinear::run(Tensor& out, const Tensor& x, const Tensor& weight, con
   }
 
   const PlanKey key{
-      n, k, static_cast<int>(in), static_cast<int>(out.dtype()), bias_epilogue, weight_align};
+      n, k, static_cast<int>(in), static_cast<int>(out.dtype()), bias_epilogue, weight_align, static_cast<int>(role)};
   const Plan& plan = plan_for(key, weight.data(), bias_ptr);
   Problem problem(n, k, tokens, in, out.dtype(), bias_ptr);
   const float alpha = 1.0f, beta = 0.0f;

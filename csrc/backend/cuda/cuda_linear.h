@@ -14,6 +14,16 @@
 
 namespace llmcore::cuda {
 
+// Which rows a GEMM computes, for the choice of its plan. A row's role never depends on the batch
+// (backend.h, RowKinds), so each role may have a plan of its own and every row stays batch
+// invariant: a prompt row always comes out of the prompt plan, a generated row out of the
+// generated-row plan.
+enum class GemmRole : int {
+  kAny = 0,        // callers that do not tell the kinds apart: timed at decode and prefill sizes
+  kPrompt = 1,     // prompt rows: timed at prefill chunk sizes
+  kGenerated = 2,  // generated-token rows: timed at decode batch sizes
+};
+
 class CublasLtLinear {
  public:
   // Creates the cuBLASLt handle and the workspace on `device`; GEMMs run on `stream`.
@@ -23,21 +33,30 @@ class CublasLtLinear {
   CublasLtLinear& operator=(const CublasLtLinear&) = delete;
 
   // x, weight: bf16 or fp16 (one dtype); out: that dtype or float32; bias: x's dtype or null.
-  void run(Tensor& out, const Tensor& x, const Tensor& weight, const Tensor* bias);
+  // role: whose plan computes the rows.
+  void run(Tensor& out, const Tensor& x, const Tensor& weight, const Tensor* bias, GemmRole role = GemmRole::kAny);
 
-  // GEMM plans chosen so far (one per weight shape, output dtype, bias use and alignment).
+  // GEMM plans chosen so far (one per weight shape, output dtype, bias use, alignment and role).
   size_t num_plans() const;
 
-  // Token counts the candidates come from (cuBLASLt's heuristic is asked at each) and are timed
-  // at: decode-sized and prefill-sized steps (see the .cpp).
-  static constexpr int64_t kHeuristicTokens[] = {1, 128, 2048};
-  static constexpr int64_t kTimedTokens[] = {1, 64, 2048};
+  // Token counts a role's candidates come from (cuBLASLt's heuristic is asked at each) and are
+  // timed at (see the .cpp): kAny decode and prefill sizes, kPrompt prefill chunks (the engine's
+  // default budget is 8192 tokens per step), kGenerated decode batches (up to 256 sequences).
+  struct RoleTokens {
+    int64_t heuristic[3];
+    int64_t timed[3];
+  };
+  static constexpr RoleTokens kRoleTokens[] = {
+      {{1, 128, 2048}, {1, 64, 2048}},      // kAny
+      {{512, 2048, 8192}, {512, 2048, 8192}},  // kPrompt
+      {{1, 64, 256}, {1, 64, 256}},         // kGenerated
+  };
   static constexpr size_t kWorkspaceBytes = size_t{32} << 20;
 
  private:
   struct Plan;
-  // (N, K, input dtype, output dtype, bias epilogue, weight alignment in bytes)
-  using PlanKey = std::tuple<int64_t, int64_t, int, int, bool, int>;
+  // (N, K, input dtype, output dtype, bias epilogue, weight alignment in bytes, role)
+  using PlanKey = std::tuple<int64_t, int64_t, int, int, bool, int, int>;
 
   const Plan& plan_for(const PlanKey& key, const void* weight, const void* bias_ptr);
 

@@ -177,5 +177,56 @@ TEST(CudaLinear, BatchInvariantRowsAreBitwiseEqualForEveryT) {
   }
 }
 
+// Rows told apart by kind (RowKinds) take a cuBLASLt plan per role when the decode GEMM is off:
+// prompt rows the prompt plan, generated rows the generated-row plan. Each row's bits then depend
+// only on the row and its kind: the same as in a batch of that kind alone, at every T, whatever
+// the other rows' kinds.
+TEST(CudaLinear, RolePlansKeepEveryRowBatchInvariant) {
+  LLMCORE_SKIP_WITHOUT_CUDA();
+  std::mt19937 rng(304);
+  const int64_t pool_rows = 200;
+  for (DType dt : {DType::kBF16, DType::kF16}) {
+    auto be = make_backend(dt);
+    auto* cb = dynamic_cast<CudaBackend*>(be.get());
+    cb->set_decode_gemm(false);
+    for (const LinearCase& c : {LinearCase{4096, 4096}, LinearCase{1000, 512}}) {
+      const Tensor pool = random_rounded({pool_rows, c.k}, dt, rng);
+      const Tensor w = be->load_weight(random_rounded({c.n, c.k}, dt, rng));
+      const size_t row_bytes = static_cast<size_t>(c.n) * dtype_size(dt);
+      const size_t plans_before = cb->num_linear_plans();
+      // References: the whole pool as prompt rows, and as generated rows.
+      const RowKinds all_prompt, all_generated = RowKinds::all_generated(pool_rows);
+      Tensor ref_p = poisoned(*be, {pool_rows, c.n}, dt), ref_g = poisoned(*be, {pool_rows, c.n}, dt);
+      be->linear(ref_p, upload_as(*be, pool, dt), w, nullptr, &all_prompt);
+      be->linear(ref_g, upload_as(*be, pool, dt), w, nullptr, &all_generated);
+      const Tensor want_p = download(*be, ref_p), want_g = download(*be, ref_g);
+      EXPECT_EQ(cb->num_linear_plans(), plans_before + 2) << "one plan per role";
+
+      for (int64_t tokens : {1, 7, 64, 200}) {
+        std::vector<int64_t> rows(static_cast<size_t>(tokens));
+        std::uniform_int_distribution<int64_t> pick(0, pool_rows - 1);
+        for (auto& r : rows) r = pick(rng);
+        // Each row a prompt or a generated row at random.
+        std::vector<bool> flags(static_cast<size_t>(tokens));
+        std::bernoulli_distribution coin(0.5);
+        for (size_t i = 0; i < flags.size(); ++i) flags[i] = coin(rng);
+        const RowKinds kinds = RowKinds::from_flags(flags);
+        Tensor out = poisoned(*be, {tokens, c.n}, dt);
+        be->linear(out, upload_as(*be, pick_rows(pool, rows), dt), w, nullptr, &kinds);
+        const Tensor got = download(*be, out);
+        for (int64_t i = 0; i < tokens; ++i) {
+          const Tensor& want = flags[static_cast<size_t>(i)] ? want_g : want_p;
+          ASSERT_EQ(std::memcmp(static_cast<const char*>(got.data()) + i * row_bytes,
+                                static_cast<const char*>(want.data()) + rows[i] * row_bytes, row_bytes),
+                    0)
+              << short_name(dt) << " N " << c.n << " K " << c.k << ": row " << i << " of T=" << tokens
+              << (flags[static_cast<size_t>(i)] ? " (generated)" : " (prompt)");
+        }
+      }
+      EXPECT_EQ(cb->num_linear_plans(), plans_before + 2);
+    }
+  }
+}
+
 }  // namespace
 }  // namespace llmcore

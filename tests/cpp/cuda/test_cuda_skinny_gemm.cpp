@@ -137,8 +137,8 @@ TEST(CudaSkinnyGemm, RefusesWhatItCannotRun) {
 }
 
 // CudaBackend::linear with RowKinds: generated rows carry the decode GEMM's bits, the prompt rows
-// between them (cuBLASLt on row slices, some starting at odd rows) the bits cuBLASLt gives the
-// whole batch.
+// between them (cuBLASLt's prompt plan on row slices, some starting at odd rows) the bits that
+// plan gives the whole batch as prompt rows.
 TEST(CudaSkinnyGemm, BackendLinearSendsEachRowKindToItsKernel) {
   LLMCORE_SKIP_WITHOUT_CUDA();
   std::mt19937 rng(813);
@@ -155,7 +155,8 @@ TEST(CudaSkinnyGemm, BackendLinearSendsEachRowKindToItsKernel) {
       Tensor got = poisoned(*be, {m, n}, out_dt), prompt = poisoned(*be, {m, n}, out_dt),
              generated = poisoned(*be, {m, n}, out_dt);
       be->linear(got, x, w, &bias, &kinds);
-      be->linear(prompt, x, w, &bias);  // no kinds: every row through cuBLASLt
+      const RowKinds none;
+      be->linear(prompt, x, w, &bias, &none);  // every row a prompt row: cuBLASLt's prompt plan
       kernels::skinny_gemm(generated, x, w, &bias, stream);
       const Tensor g = download(*be, got), p = download(*be, prompt), d = download(*be, generated);
       const size_t row_bytes = static_cast<size_t>(n) * dtype_size(out_dt);
