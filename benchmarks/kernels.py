@@ -82,6 +82,9 @@ def main(argv=None) -> int:
         row["torch_ms"] = ms
         row["torch_TFLOP/s"] = 2.0 * row["m"] * row["n"] * row["k"] / (ms * 1e-3) / 1e12
         row["pct_of_torch"] = 100.0 * ms / row["ms"] if row["ms"] > 0 else None
+        for role in ("prompt", "generated"):
+            if row.get(f"{role}_ms"):
+                row[f"{role}_pct_of_torch"] = 100.0 * ms / row[f"{role}_ms"]
 
     copy_gbs = data["copy"]["GB/s"]
     for row in data.get("skinny", []):
@@ -109,7 +112,9 @@ def main(argv=None) -> int:
     for r in data["linear"]:
         print(f"linear {r['name']:8s} M={r['m']:5d} N={r['n']:6d} K={r['k']:5d}: {r['ms']:.4f} ms "
               f"{r['TFLOP/s']:6.1f} TFLOP/s {r['GB/s']:6.0f} GB/s; torch.matmul {r['torch_ms']:.4f} ms "
-              f"-> llmcore at {r['pct_of_torch']:.0f}% of torch")
+              f"-> llmcore at {r['pct_of_torch']:.0f}% of torch"
+              + (f"; prompt plan {r['prompt_ms']:.4f} ms ({r['prompt_pct_of_torch']:.0f}%), generated-row plan "
+                 f"{r['generated_ms']:.4f} ms ({r['generated_pct_of_torch']:.0f}%)" if "prompt_pct_of_torch" in r else ""))
     for r in data.get("skinny", []):
         best = min(r["tilings"], key=lambda t: t["ms"])
         print(f"decode GEMM {r['name']:8s} M={r['m']:4d}: {r['default_ms']:.4f} ms = {r['default_pct_of_copy']:.0f}% of copy "
@@ -124,6 +129,8 @@ def main(argv=None) -> int:
     print("Kernels: decode attention b64 " + ", ".join(f"ctx {r['context']} {r['pct_of_copy']:.0f}%" for r in b64)
           + " of copy; prefill attention 4k " + (f"{pre[0]['TFLOP/s']:.0f} TFLOP/s" if pre else "n/a")
           + f"; linear M>=2048 at {min(r['pct_of_torch'] for r in big):.0f}-{max(r['pct_of_torch'] for r in big):.0f}% of torch.matmul"
+          + (f" (prompt plan {min(r['prompt_pct_of_torch'] for r in big):.0f}-"
+             f"{max(r['prompt_pct_of_torch'] for r in big):.0f}%)" if big and all("prompt_pct_of_torch" in r for r in big) else "")
           + "".join(f"; decode GEMM M={m} at {min(r['default_pct_of_copy'] for r in sk)/1:.0f}-"
                     f"{max(r['default_pct_of_copy'] for r in sk):.0f}% of copy"
                     for m in (1, 8, 64) for sk in [[r for r in data.get("skinny", []) if r["m"] == m]] if sk))

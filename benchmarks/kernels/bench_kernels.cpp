@@ -4,7 +4,8 @@
 //                 bytes = the K and V cache read once (+ q and out); GB/s and % of copy
 //   prefill_attn  paged attention, one causal prompt of T tokens; FLOPs = 2 T^2 D Hq (QK^T and
 //                 PV over the causal half); TFLOP/s
-//   linear        out [M, N] = x [M, K] @ W[N, K]^T through the batch-invariant cuBLASLt linear;
+//   linear        out [M, N] = x [M, K] @ W[N, K]^T through the batch-invariant cuBLASLt linear
+//                 (the plan for unlabelled rows, and those for prompt rows and for generated rows);
 //                 TFLOP/s (benchmarks/kernels.py times torch.matmul on the same shapes)
 //   skinny        the decode GEMM (kernels/linear/skinny_gemm.cu) at M = 1..256, every tiling,
 //                 against the cuBLASLt linear, weights cycled so that none is read from L2
@@ -205,11 +206,20 @@ int main(int argc, char** argv) {
       const DType out_dtype = std::string(s.name) == "lm_head" ? DType::kF32 : DType::kBF16;
       Tensor out = be.empty({m, s.n}, out_dtype);
       const double ms = time_ms(be, [&] { be.linear(out, x, w, nullptr); });
+      // The same rows as prompt rows and as generated rows (the decode GEMM off): the plans of
+      // those roles (backend/cuda/cuda_linear.cpp, GemmRole), which the engine uses.
+      const RowKinds as_prompt, as_generated = RowKinds::all_generated(m);
+      const double prompt_ms = time_ms(be, [&] { be.linear(out, x, w, nullptr, &as_prompt); });
+      be.set_decode_gemm(false);
+      const double generated_ms = time_ms(be, [&] { be.linear(out, x, w, nullptr, &as_generated); });
+      be.set_decode_gemm(true);
       const double flops = 2.0 * m * s.n * s.k;
       const double bytes = 2.0 * (s.n * s.k + m * s.k) + static_cast<double>(dtype_size(out_dtype)) * m * s.n;
-      std::printf("%s{\"name\": \"%s\", \"m\": %lld, \"n\": %lld, \"k\": %lld, \"ms\": %.4f, \"TFLOP/s\": %.1f, \"GB/s\": %.1f}",
+      std::printf("%s{\"name\": \"%s\", \"m\": %lld, \"n\": %lld, \"k\": %lld, \"ms\": %.4f, \"TFLOP/s\": %.1f, \"GB/s\": %.1f, "
+                  "\"prompt_ms\": %.4f, \"generated_ms\": %.4f}",
                   first ? "" : ", ", s.name, static_cast<long long>(m), static_cast<long long>(s.n),
-                  static_cast<long long>(s.k), ms, flops / (ms * 1e-3) / 1e12, bytes / (ms * 1e-3) / 1e9);
+                  static_cast<long long>(s.k), ms, flops / (ms * 1e-3) / 1e12, bytes / (ms * 1e-3) / 1e9, prompt_ms,
+                  generated_ms);
       first = false;
       std::fflush(stdout);
     }
