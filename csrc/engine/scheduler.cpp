@@ -53,6 +53,16 @@ SchedulerOutput Scheduler::schedule() {
   SchedulerOutput out;
   int budget = config_.max_num_batched_tokens;
 
+  // Without chunked prefill, prompts run in steps of their own, ahead of the decodes (vLLM's
+  // scheduler without chunked prefill, SGLang's default): a step that can admit a waiting
+  // sequence computes only admitted prompts; the running sequences decode in the steps between.
+  // While sequences run, a prompt is admitted only if the blocks left after it cover one more
+  // block for each of them, so the next decode step does not preempt it again at once.
+  if (!config_.enable_chunked_prefill) {
+    admit_waiting(out, budget, /*keep_decode_room=*/true);
+    if (!out.scheduled.empty()) return out;
+  }
+
   // Running sequences, in admission order: a decode token or the next prefill chunk each.
   size_t i = 0;
   while (i < running_.size() && budget > 0) {
@@ -83,29 +93,39 @@ SchedulerOutput Scheduler::schedule() {
     ++i;
   }
 
-  // Waiting sequences, FCFS. Not in a step that preempted: the cache is short of blocks and the
-  // victims (now at the front of waiting) would be re-admitted only to be preempted again.
-  if (out.preempted.empty()) {
-    while (!waiting_.empty() && static_cast<int>(running_.size()) < config_.max_num_seqs && budget > 0) {
-      Sequence* seq = waiting_.front();
-      if (seq->block_table.empty()) seq->num_computed_tokens = block_manager_.lookup_prefix(*seq);
-      int num_new = seq->num_tokens() - seq->num_computed_tokens;
-      if (num_new > budget) {
-        if (!config_.enable_chunked_prefill) break;
-        num_new = budget;
-      }
-      // FCFS: a sequence that does not fit blocks the ones behind it.
-      if (!block_manager_.allocate_slots(*seq, num_new, &out.block_copies)) break;
-      if (seq->num_cached_tokens < 0) seq->num_cached_tokens = seq->num_computed_tokens;
-      waiting_.pop_front();
-      seq->status = SequenceStatus::kRunning;
-      running_.push_back(seq);
-      out.scheduled.push_back({seq, num_new, seq->num_computed_tokens + num_new == seq->num_tokens()});
-      out.num_batched_tokens += num_new;
-      budget -= num_new;
-    }
-  }
+  // Waiting sequences, FCFS, with chunked prefill (without it they were offered the step above).
+  // Not in a step that preempted: the cache is short of blocks and the victims (now at the front
+  // of waiting) would be re-admitted only to be preempted again.
+  if (config_.enable_chunked_prefill && out.preempted.empty()) admit_waiting(out, budget, false);
   return out;
+}
+
+void Scheduler::admit_waiting(SchedulerOutput& out, int& budget, bool keep_decode_room) {
+  while (!waiting_.empty() && static_cast<int>(running_.size()) < config_.max_num_seqs && budget > 0) {
+    Sequence* seq = waiting_.front();
+    if (seq->block_table.empty()) seq->num_computed_tokens = block_manager_.lookup_prefix(*seq);
+    int num_new = seq->num_tokens() - seq->num_computed_tokens;
+    if (num_new > budget) {
+      if (!config_.enable_chunked_prefill) break;
+      num_new = budget;
+    }
+    // The prompt's blocks are counted as if none came from the prefix cache (a cached block on
+    // the free list is taken from it too), so never fewer than the allocation takes. With no
+    // sequence running nothing is kept, so a lone prompt as long as the cache allows still runs.
+    const int running = static_cast<int>(running_.size());
+    if (keep_decode_room && running > 0 &&
+        block_manager_.num_free_blocks() - block_manager_.blocks_for_tokens(seq->num_tokens()) < running)
+      break;
+    // FCFS: a sequence that does not fit blocks the ones behind it.
+    if (!block_manager_.allocate_slots(*seq, num_new, &out.block_copies)) break;
+    if (seq->num_cached_tokens < 0) seq->num_cached_tokens = seq->num_computed_tokens;
+    waiting_.pop_front();
+    seq->status = SequenceStatus::kRunning;
+    running_.push_back(seq);
+    out.scheduled.push_back({seq, num_new, seq->num_computed_tokens + num_new == seq->num_tokens()});
+    out.num_batched_tokens += num_new;
+    budget -= num_new;
+  }
 }
 
 void Scheduler::update(const SchedulerOutput& out) {

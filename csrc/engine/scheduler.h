@@ -17,7 +17,9 @@ struct SchedulerConfig {
   int max_num_seqs = 256;             // running sequences at most
   int max_num_batched_tokens = 8192;  // tokens computed per step at most
   int max_model_len = 2048;
-  bool enable_chunked_prefill = true; // false: a prompt that does not fit the budget waits
+  // false: prompts are computed whole, in steps of their own before the decodes (schedule()); a
+  // prompt that does not fit the step's budget waits.
+  bool enable_chunked_prefill = true;
 };
 
 struct ScheduledSequence {
@@ -52,6 +54,8 @@ class Scheduler {
   // num_computed_tokens = 0, back to the front of the waiting queue) until it fits or it is
   // itself preempted. Waiting sequences are admitted FCFS while seats, budget and blocks last
   // (prefix-cache hits set num_computed_tokens first); none are admitted in a step that preempted.
+  // Without chunked prefill, waiting sequences are offered the step first, and a step that admits
+  // any computes only them (whole prompts); the running sequences decode in the other steps.
   SchedulerOutput schedule();
 
   // After the executor ran `out`: advances num_computed_tokens by each scheduled count and
@@ -69,6 +73,9 @@ class Scheduler {
 
  private:
   void preempt(Sequence* seq);
+  // Admits waiting sequences FCFS into `out` while seats, `budget` and blocks last; with
+  // keep_decode_room, only while one free block per running sequence is left after each.
+  void admit_waiting(SchedulerOutput& out, int& budget, bool keep_decode_room);
 
   SchedulerConfig config_;
   BlockManager& block_manager_;

@@ -42,7 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--enable-prefix-caching", action=argparse.BooleanOptionalAction, default=None,
                    help="reuse the KV cache of shared prompt prefixes (default: on)")
     p.add_argument("--enable-chunked-prefill", action=argparse.BooleanOptionalAction, default=None,
-                   help="split long prompts over steps (default: on)")
+                   help="split long prompts over steps and batch them with decodes (default: on); off: "
+                        "whole prompts run in steps of their own ahead of the decodes (lower time to first "
+                        "token while few requests run)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--tensor-parallel-size", "-tp", type=int, default=1,
                    help="ranks to shard the model over: GPUs 0..N-1 (or CPU ranks with --device cpu)")

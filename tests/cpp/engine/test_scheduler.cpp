@@ -149,7 +149,35 @@ TEST(Scheduler, WithoutChunkingAPromptWaitsForTheWholeBudget) {
   // b needs 10 > 6 left: stop admitting, and c (which would fit) waits behind it.
   h.step({{a, 10, true}});
   EXPECT_EQ(h.sched.num_waiting(), 2);
-  h.step({{a, 1, true}, {b, 10, true}, {c, 2, true}});
+  // Prompts first, in a step of their own: a does not decode while b and c are admitted.
+  h.step({{b, 10, true}, {c, 2, true}});
+  h.step({{a, 1, true}, {b, 1, true}, {c, 1, true}});
+}
+
+TEST(Scheduler, WithoutChunkingPromptsRunBetweenDecodeSteps) {
+  // 16 blocks of 4 tokens, budget 32, up to 4 sequences.
+  Harness h(16, 4, false, config(4, 32, 32, false));
+  Sequence* a = h.add(8);
+  h.step({{a, 8, true}});  // a: 2 blocks
+  h.step({{a, 1, true}});  // a: 3 blocks
+  // A prompt arriving between steps takes the next step alone.
+  Sequence* b = h.add(12, 100);
+  h.step({{b, 12, true}});              // b: 3 blocks
+  h.step({{a, 1, true}, {b, 1, true}});  // b: 4 blocks; 9 free
+  // c needs 4 blocks and leaves 5 >= 2 running sequences: admitted. d would leave 1 < 3: it
+  // waits (FCFS), and the running sequences decode.
+  Sequence* c = h.add(16, 200);
+  Sequence* d = h.add(16, 300);
+  h.step({{c, 16, true}});
+  EXPECT_EQ(h.sched.num_waiting(), 1);
+  h.step({{a, 1, true}, {b, 1, true}, {c, 1, true}});  // c: 5 blocks; 4 free
+  EXPECT_EQ(h.sched.num_waiting(), 1);
+  EXPECT_EQ(d->num_computed_tokens, 0);
+  // a and b end: 11 free; d takes 4 and leaves 7 >= 1 running.
+  h.sched.finish(a);
+  h.sched.finish(b);
+  h.step({{d, 16, true}});
+  h.step({{c, 1, true}, {d, 1, true}});
 }
 
 TEST(Scheduler, RespectsMaxNumSeqs) {
@@ -477,6 +505,10 @@ class Simulation {
         if (!c_.chunked) {
           ASSERT_TRUE(s.sample) << "a prompt was split with chunking off";
         }
+      } else if (!c_.chunked) {
+        // Without chunking, a step that admits prompts runs nothing else.
+        for (const ScheduledSequence& o : out.scheduled)
+          ASSERT_FALSE(was_waiting[o.seq]) << "a decode in a step that admitted a prompt";
       } else {
         ASSERT_EQ(s.seq->num_computed_tokens, was_computed[s.seq]);
       }
