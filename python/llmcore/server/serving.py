@@ -213,10 +213,11 @@ class OpenAIServing:
         echo_logprobs = req.logprobs if (req.echo and req.logprobs is not None) else None
         params = [self.sampling_params(req, len(ids), req.max_tokens, req.logprobs, {}, "prompt",
                                        prompt_logprobs=echo_logprobs) for _, ids in prompts]
-        # Echo shows the prompt as text: token-id prompts are decoded.
-        prompts_text = [t if t is not None else self.tokenizer.decode(ids) for t, ids in prompts]
         rid = random_id("cmpl")
         run = await self.start(rid, prompts, params, {}, "prompt")
+        # Echo shows the prompt as text: token-id prompts are decoded (only then, and once the
+        # requests are queued: decoding a long prompt would hold up its first token).
+        prompts_text = [t if t is not None or not req.echo else self.tokenizer.decode(ids) for t, ids in prompts]
         created = now()
         if req.stream:
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
@@ -265,7 +266,7 @@ class OpenAIServing:
         return offset
 
     async def _stream_completion(self, req: CompletionRequest, run: "_Run", rid: str, created: int,
-                                 prompts_text: List[str], include_usage: bool) -> AsyncIterator[str]:
+                                 prompts_text: List[Optional[str]], include_usage: bool) -> AsyncIterator[str]:
         n = req.n
         total = len(prompts_text) * n
         sent_text, sent_tokens, offsets = [0] * total, [0] * total, [0] * total

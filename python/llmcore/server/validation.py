@@ -147,6 +147,10 @@ def describe_body_error(detail: str, cause: Optional[BaseException]) -> str:
 
 
 # -- text ------------------------------------------------------------------------------------------
+# Values that hold no text: a list of only these (a token-id prompt) is skipped in one pass.
+_NO_TEXT_TYPES = frozenset({int, float, bool, type(None)})
+
+
 def _bad_text_path(value: Any, path: List[Any]) -> Optional[List[Any]]:
     """The location of the first string in `value` that UTF-8 cannot encode, else None."""
     if isinstance(value, str):
@@ -165,6 +169,8 @@ def _bad_text_path(value: Any, path: List[Any]) -> Optional[List[Any]]:
                 return path
         items = value.items()
     elif isinstance(value, (list, tuple)):
+        if {type(item) for item in value} <= _NO_TEXT_TYPES:
+            return None
         items = enumerate(value)
     else:
         return None
