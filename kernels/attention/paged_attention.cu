@@ -72,9 +72,12 @@ __global__ void __launch_bounds__(CtaShape<kSplit>::kThreads)
     kv_head = blockIdx.y / p.split_row_tiles;
     tile = blockIdx.y % p.split_row_tiles;
   } else {
-    seq = find_slot_seq(p, blockIdx.x);
+    // Slots from the last: a sequence's last row tiles see the most keys, and started first they
+    // leave the short ones to fill the tail of the grid (4096-token prompt 164 -> 183 TFLOP/s).
+    const int64_t slot = static_cast<int64_t>(gridDim.x) - 1 - blockIdx.x;
+    seq = find_slot_seq(p, slot);
     kv_head = blockIdx.y;
-    tile = static_cast<int64_t>(blockIdx.x) - tile_slot_begin(p, seq);
+    tile = slot - tile_slot_begin(p, seq);
   }
   // Until pdl_wait() the CTA reads only the step's metadata, which no kernel writes; every CTA
   // waits before it exits, so this grid ends after the kernel before it (common/pdl.cuh).
@@ -114,6 +117,10 @@ __global__ void __launch_bounds__(CtaShape<kSplit>::kThreads)
   // Keys the warp's rows can see, to skip tiles that are masked for all of them.
   const int warp_key_lo = warp_active ? first_key_of(pos0 + warp_row_begin / group, window) : 0;
   const int warp_key_hi = warp_active ? pos0 + (warp_row_end - 1) / group + 1 : 0;
+  // Keys every row of the warp sees ([lo, hi] inclusive; empty unless all 16 rows are valid).
+  const bool warp_full = warp_row_begin + 16 <= row_end;
+  const int warp_all_lo = warp_full ? first_key_of(pos0 + (warp_row_end - 1) / group, window) : 1;
+  const int warp_all_hi = warp_full ? pos0 + warp_row_begin / group : 0;
   // This thread's two rows (g and g + 8 of the warp): visible keys [lo, hi] inclusive.
   int row[2], row_key_lo[2], row_key_hi[2];
 #pragma unroll
@@ -245,7 +252,8 @@ __global__ void __launch_bounds__(CtaShape<kSplit>::kThreads)
 
     if (warp_active && t * kN < warp_key_hi && (t + 1) * kN > warp_key_lo)
       attend_tile<T, D>(st, q_s + warp * 16 * kS, k_s + stage * kN * kS, v_s + stage * kN * kS,
-                        t * kN, row_key_lo, row_key_hi, p.scale_log2, lane);
+                        t * kN, row_key_lo, row_key_hi, p.scale_log2, lane,
+                        t * kN >= warp_all_lo && t * kN + kN - 1 <= warp_all_hi);
 
     const bool partition_done = t + 1 == t_end || ((t + 1) * kN) % kPartition == 0;
     if (warp_active && partition_done) {

@@ -196,10 +196,6 @@ __device__ __forceinline__ uint32_t smem_u32(const void* p) {
   return static_cast<uint32_t>(__cvta_generic_to_shared(p));
 }
 
-__device__ __forceinline__ uint32_t lds32(const void* p) {
-  return *reinterpret_cast<const uint32_t*>(p);
-}
-
 // 16 bytes global -> shared, asynchronous (sm_80+).
 __device__ __forceinline__ void cp_async16(void* smem_dst, const void* global_src) {
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(smem_u32(smem_dst)),
@@ -216,6 +212,14 @@ __device__ __forceinline__ void cp_async_wait() {
 // offset 8 * (l >> 4).
 __device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], const void* p) {
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(smem_u32(p)));
+}
+
+// Four 8x8 b16 matrices, not transposed: the A fragment of a 16x16 row-major smem tile, or the B
+// fragments of two adjacent n-tiles of a [n][k] smem operand (addresses per lane: attend_tile).
+__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const void* p) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
                : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
                : "r"(smem_u32(p)));
 }
@@ -262,15 +266,18 @@ struct PartitionState {
 //   q_s   [16, kStride]  the warp's query rows
 //   k_s   [kBlockN, kStride], v_s [kBlockN, kStride]  keys tile_key0 .. tile_key0 + kBlockN - 1
 // Key j is visible to row i iff key_lo[i] <= j <= key_hi[i] (an invalid row has an empty
-// range); invisible keys get weight exactly 0 whatever their smem contents are.
+// range); invisible keys get weight exactly 0 whatever their smem contents are. all_visible
+// (warp-uniform): every row of the warp sees every key of the tile, so the mask is skipped (the
+// select would keep every score).
 template <typename T, int D>
 __device__ __forceinline__ void attend_tile(PartitionState<D>& st, const T* q_s, const T* k_s,
                                             const T* v_s, int tile_key0, const int (&key_lo)[2],
-                                            const int (&key_hi)[2], float scale_log2, int lane) {
+                                            const int (&key_hi)[2], float scale_log2, int lane,
+                                            bool all_visible) {
   using Shape = TileShape<D>;
   using H = HalfType<T>;
   constexpr int kN = Shape::kBlockN, kS = Shape::kStride, kNT = kN / 8;
-  const int g = lane / 4, q = lane % 4;
+  const int q = lane % 4;
 
   // Scores: s[nt] is the 16x8 tile of keys nt*8 .. nt*8+7; each a dot product over D in
   // k-steps of 16, always in the same order.
@@ -279,29 +286,48 @@ __device__ __forceinline__ void attend_tile(PartitionState<D>& st, const T* q_s,
   for (int nt = 0; nt < kNT; ++nt)
 #pragma unroll
     for (int c = 0; c < 4; ++c) s[nt][c] = 0.0f;
+  // Fragments by ldmatrix.x4: Q's A fragment (matrices: rows 0-7 / 8-15 x columns 0-7 / 8-15 of
+  // the k-step), and the B fragments of n-tiles nt and nt + 1 (keys nt*8.. and nt*8+8.., columns
+  // 0-7 / 8-15 each); lane l addresses row l & 7 of matrix l >> 3.
+  static_assert(kNT % 2 == 0, "n-tiles in pairs");
+  const int a_row = (lane & 7) + 8 * ((lane >> 3) & 1), a_col = 8 * (lane >> 4);
+  const int b_row = (lane & 7) + 8 * (lane >> 4), b_col = 8 * ((lane >> 3) & 1);
 #pragma unroll
   for (int kd = 0; kd < D / 16; ++kd) {
-    const T* qp = q_s + g * kS + kd * 16 + q * 2;
-    const uint32_t a[4] = {lds32(qp), lds32(qp + 8 * kS), lds32(qp + 8), lds32(qp + 8 * kS + 8)};
+    uint32_t a[4];
+    ldmatrix_x4(a, q_s + a_row * kS + kd * 16 + a_col);
 #pragma unroll
-    for (int nt = 0; nt < kNT; ++nt) {
-      const T* kp = k_s + (nt * 8 + g) * kS + kd * 16 + q * 2;
-      H::mma(s[nt], a, lds32(kp), lds32(kp + 8));
+    for (int nt = 0; nt < kNT; nt += 2) {
+      uint32_t b[4];
+      ldmatrix_x4(b, k_s + (nt * 8 + b_row) * kS + kd * 16 + b_col);
+      H::mma(s[nt], a, b[0], b[1]);
+      H::mma(s[nt + 1], a, b[2], b[3]);
     }
   }
 
   // Mask (a select, so NaN or garbage in invisible keys is dropped) and scale to log2 units.
+  // One warp-uniform branch: per-element conditions would compile to per-element branches.
   float tile_max[2] = {-INFINITY, -INFINITY};
+  if (all_visible) {
 #pragma unroll
-  for (int nt = 0; nt < kNT; ++nt)
+    for (int nt = 0; nt < kNT; ++nt)
 #pragma unroll
-    for (int c = 0; c < 4; ++c) {
-      const int i = c / 2;
-      const int key = tile_key0 + nt * 8 + q * 2 + (c & 1);
-      const bool visible = key >= key_lo[i] && key <= key_hi[i];
-      s[nt][c] = visible ? __fmul_rn(s[nt][c], scale_log2) : -INFINITY;
-      tile_max[i] = fmaxf(tile_max[i], s[nt][c]);
-    }
+      for (int c = 0; c < 4; ++c) {
+        s[nt][c] = __fmul_rn(s[nt][c], scale_log2);
+        tile_max[c / 2] = fmaxf(tile_max[c / 2], s[nt][c]);
+      }
+  } else {
+#pragma unroll
+    for (int nt = 0; nt < kNT; ++nt)
+#pragma unroll
+      for (int c = 0; c < 4; ++c) {
+        const int i = c / 2;
+        const int key = tile_key0 + nt * 8 + q * 2 + (c & 1);
+        const bool visible = key >= key_lo[i] && key <= key_hi[i];
+        s[nt][c] = visible ? __fmul_rn(s[nt][c], scale_log2) : -INFINITY;
+        tile_max[i] = fmaxf(tile_max[i], s[nt][c]);
+      }
+  }
 
   float alpha[2];
 #pragma unroll
