@@ -125,6 +125,13 @@ class Backend {
   virtual Tensor empty(Shape shape, DType dtype) = 0;
   // Copies between any two devices; same dtype and number of elements.
   virtual void copy(Tensor& dst, const Tensor& src) = 0;
+  // A device copy of a host tensor (a step's inputs). The host tensor may be reused once this
+  // returns; the CUDA backend stages it in pinned memory and copies it asynchronously.
+  virtual Tensor upload(const Tensor& host) {
+    Tensor d = empty(host.shape(), host.dtype());
+    copy(d, host);
+    return d;
+  }
   // Waits for queued work (a no-op on the CPU).
   virtual void synchronize() = 0;
   // A checkpoint tensor (CPU, any float dtype) converted to activation_dtype() on the device.

@@ -1,7 +1,6 @@
 #include "engine/executor.h"
 
 #include <algorithm>
-#include <cstring>
 #include <thread>
 
 #include "core/error.h"
@@ -43,18 +42,6 @@ struct Executor::Rank {
     comm.reset();
   }
 
-  Tensor to_device_i32(const std::vector<int32_t>& host, Shape shape) {
-    Tensor h = Tensor::wrap(const_cast<int32_t*>(host.data()), std::move(shape), DType::kI32);
-    if (backend->device() == Device::kCPU) {
-      Tensor d = Tensor::empty(h.shape(), DType::kI32);
-      if (h.nbytes()) std::memcpy(d.data(), h.data(), h.nbytes());
-      return d;
-    }
-    Tensor d = backend->empty(h.shape(), DType::kI32);
-    backend->copy(d, h);
-    return d;
-  }
-
   void allocate_kv_cache(int num_blocks, int block_size, const ModelConfig& c, int tp) {
     decode_graphs.reset();  // they point into the old cache
     const DType dtype = backend->activation_dtype();
@@ -76,6 +63,10 @@ struct Executor::StepInput {
   RowKinds row_kinds, logits_row_kinds;  // generated-token rows: positions past the prompt
   int num_seqs = 0, num_tokens = 0, max_query_len = 0, max_seq_len = 0;
   int64_t max_blocks = 1;
+  // The arrays above in one buffer, each at a 64-byte aligned offset: one upload per rank.
+  enum Part { kTokenIds, kPositions, kSlots, kSeqLens, kLogitsRows, kQueryStart, kBlockTables, kNumParts };
+  std::vector<int32_t> packed;
+  int64_t offset[kNumParts] = {};
 
   StepInput(const SchedulerOutput& out, const std::vector<LogitsRequest>& logits_requests, int block_size,
             bool generated_rows_apart) {
@@ -123,6 +114,25 @@ struct Executor::StepInput {
       row_kinds = RowKinds::from_flags(generated);
       logits_row_kinds = RowKinds::from_flags(generated_logits);
     }
+    const std::vector<int32_t>* parts[kNumParts] = {&token_ids, &positions,      &slots,       &seq_lens,
+                                                    &logits_rows, &query_start_loc, &block_tables};
+    constexpr size_t kAlign = 16;  // int32s: 64 bytes
+    size_t total = 0;
+    for (const auto* v : parts) total += (v->size() + kAlign - 1) / kAlign * kAlign;
+    packed.assign(total, 0);
+    size_t at = 0;
+    for (int p = 0; p < kNumParts; ++p) {
+      offset[p] = static_cast<int64_t>(at);
+      std::copy(parts[p]->begin(), parts[p]->end(), packed.begin() + static_cast<std::ptrdiff_t>(at));
+      at += (parts[p]->size() + kAlign - 1) / kAlign * kAlign;
+    }
+  }
+
+  // Part p of the uploaded buffer `all` as a tensor of `shape`.
+  Tensor part(const Tensor& all, Part p, Shape shape) const {
+    int64_t n = 1;
+    for (int64_t d : shape) n *= d;
+    return all.narrow_rows(offset[p], n).view(std::move(shape));
   }
 };
 
@@ -328,17 +338,20 @@ std::vector<int> Executor::decode_graph_sizes() const {
 }
 
 Tensor Executor::forward(Rank& rank, const StepInput& s) {
+  // One copy to the device; the inputs are views of it (they share its storage).
+  const Tensor all = rank.backend->upload(Tensor::wrap(const_cast<int32_t*>(s.packed.data()),
+                                                       {static_cast<int64_t>(s.packed.size())}, DType::kI32));
   ForwardInput in;
-  in.token_ids = rank.to_device_i32(s.token_ids, {s.num_tokens});
-  in.positions = rank.to_device_i32(s.positions, {s.num_tokens});
-  in.logits_indices = rank.to_device_i32(s.logits_rows, {static_cast<int64_t>(s.logits_rows.size())});
+  in.token_ids = s.part(all, StepInput::kTokenIds, {s.num_tokens});
+  in.positions = s.part(all, StepInput::kPositions, {s.num_tokens});
+  in.logits_indices = s.part(all, StepInput::kLogitsRows, {static_cast<int64_t>(s.logits_rows.size())});
   in.attn.num_seqs = s.num_seqs;
   in.attn.max_query_len = s.max_query_len;
   in.attn.max_seq_len = s.max_seq_len;
-  in.attn.query_start_loc = rank.to_device_i32(s.query_start_loc, {s.num_seqs + 1});
-  in.attn.seq_lens = rank.to_device_i32(s.seq_lens, {s.num_seqs});
-  in.attn.block_tables = rank.to_device_i32(s.block_tables, {s.num_seqs, s.max_blocks});
-  in.attn.slot_mapping = rank.to_device_i32(s.slots, {s.num_tokens});
+  in.attn.query_start_loc = s.part(all, StepInput::kQueryStart, {s.num_seqs + 1});
+  in.attn.seq_lens = s.part(all, StepInput::kSeqLens, {s.num_seqs});
+  in.attn.block_tables = s.part(all, StepInput::kBlockTables, {s.num_seqs, s.max_blocks});
+  in.attn.slot_mapping = s.part(all, StepInput::kSlots, {s.num_tokens});
   in.row_kinds = s.row_kinds;
   in.logits_row_kinds = s.logits_row_kinds;
   return rank.model->forward(in, rank.kv_cache);

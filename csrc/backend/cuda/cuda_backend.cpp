@@ -69,10 +69,12 @@ CudaBackend::CudaBackend(int device_index, DType activation_dtype)
     LLMCORE_CUDA_CHECK(cudaMemsetAsync(error_word_, 0, sizeof(int), stream_));
     LLMCORE_CUDA_CHECK(cudaMallocHost(&host_error_word_, sizeof(int)));
     *host_error_word_ = 0;
+    LLMCORE_CUDA_CHECK(cudaEventCreateWithFlags(&upload_done_, cudaEventDisableTiming));
     linear_ = std::make_unique<cuda::CublasLtLinear>(device_, stream_);
     LLMCORE_CUDA_CHECK(cudaStreamSynchronize(stream_));
   } catch (...) {
     linear_.reset();
+    if (upload_done_ != nullptr) cudaEventDestroy(upload_done_);
     if (host_error_word_ != nullptr) cudaFreeHost(host_error_word_);
     if (error_word_ != nullptr) cudaFree(error_word_);
     if (stream_ != nullptr) cudaStreamDestroy(stream_);
@@ -89,6 +91,8 @@ CudaBackend::~CudaBackend() {
     cuda::CachingAllocator::instance().retire_stream(device_, stream_);
   } catch (const std::exception&) {
   }
+  if (upload_staging_ != nullptr) cudaFreeHost(upload_staging_);
+  cudaEventDestroy(upload_done_);
   cudaFreeHost(host_error_word_);
   cudaFree(error_word_);
   cudaStreamDestroy(stream_);
@@ -128,6 +132,32 @@ void CudaBackend::copy(Tensor& dst, const Tensor& src) {
         cudaMemcpyAsync(dst.data(), src.data(), nbytes, cudaMemcpyDeviceToHost, stream_));
     sync_and_check();
   }
+}
+
+Tensor CudaBackend::upload(const Tensor& host) {
+  LLMCORE_CHECK(host.device() == Device::kCPU, "upload needs a host tensor, got one on ",
+                device_name(host.device()));
+  Tensor d = empty(host.shape(), host.dtype());
+  const size_t nbytes = host.nbytes();
+  if (nbytes == 0) return d;
+  cuda::DeviceGuard guard(device_);
+  // The previous upload's DMA may still read the staging (it is done by the time a step's sampler
+  // has synchronized, so this rarely waits).
+  LLMCORE_CUDA_CHECK(cudaEventSynchronize(upload_done_));
+  if (nbytes > upload_capacity_) {
+    size_t capacity = std::max<size_t>(upload_capacity_, 64 << 10);
+    while (capacity < nbytes) capacity *= 2;
+    void* staging = nullptr;
+    LLMCORE_CUDA_CHECK(cudaMallocHost(&staging, capacity));
+    if (upload_staging_ != nullptr) cudaFreeHost(upload_staging_);
+    upload_staging_ = staging;
+    upload_capacity_ = capacity;
+  }
+  std::memcpy(upload_staging_, host.data(), nbytes);
+  LLMCORE_CUDA_CHECK(
+      cudaMemcpyAsync(d.data(), upload_staging_, nbytes, cudaMemcpyHostToDevice, stream_));
+  LLMCORE_CUDA_CHECK(cudaEventRecord(upload_done_, stream_));
+  return d;
 }
 
 void CudaBackend::synchronize() {

@@ -44,6 +44,11 @@ class CudaBackend final : public Backend {
   // pageable (ordinary) memory; from pinned host memory the stream is synchronized before
   // returning, so the source may be reused either way. Device -> host copies synchronize.
   void copy(Tensor& dst, const Tensor& src) override;
+  // One asynchronous DMA from a pinned staging buffer (grown as needed), instead of the driver's
+  // staging of pageable memory, which waits for the stream and copies in pieces: a step's inputs
+  // go up without the host waiting. The staging is rewritten only after the previous upload's copy
+  // has completed (an event).
+  Tensor upload(const Tensor& host) override;
   void synchronize() override;
   Tensor load_weight(const Tensor& host) override;
 
@@ -104,6 +109,9 @@ class CudaBackend final : public Backend {
   cudaStream_t stream_ = nullptr;
   int* error_word_ = nullptr;       // device int: KernelError bits (kernels/kernels.h)
   int* host_error_word_ = nullptr;  // pinned host int the error word is copied into
+  void* upload_staging_ = nullptr;   // pinned host bytes of upload()
+  size_t upload_capacity_ = 0;
+  cudaEvent_t upload_done_ = nullptr;  // recorded after upload()'s copy
   std::unique_ptr<cuda::CublasLtLinear> linear_;
 };
 
