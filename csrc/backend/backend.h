@@ -65,6 +65,7 @@ inline RowKinds RowKinds::from_flags(const std::vector<bool>& generated_row) {
 struct AttentionMetadata {
   int num_seqs = 0;         // S
   int max_query_len = 0;    // max over s of query_start_loc[s+1] - query_start_loc[s]
+  int min_query_len = 1;    // a lower bound of those lengths (> 1: no decode row in the step)
   int max_seq_len = 0;      // max over s of seq_lens[s]
   Tensor query_start_loc;   // [S + 1] int32, on the backend's device
   Tensor seq_lens;          // [S] int32, context length including this step's tokens

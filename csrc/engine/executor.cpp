@@ -61,7 +61,7 @@ struct Executor::Rank {
 struct Executor::StepInput {
   std::vector<int32_t> token_ids, positions, slots, seq_lens, logits_rows, query_start_loc, block_tables;
   RowKinds row_kinds, logits_row_kinds;  // generated-token rows: positions past the prompt
-  int num_seqs = 0, num_tokens = 0, max_query_len = 0, max_seq_len = 0;
+  int num_seqs = 0, num_tokens = 0, max_query_len = 0, min_query_len = 1, max_seq_len = 0;
   int64_t max_blocks = 1;
   // The arrays above in one buffer, each at a 64-byte aligned offset: one upload per rank.
   enum Part { kTokenIds, kPositions, kSlots, kSeqLens, kLogitsRows, kQueryStart, kBlockTables, kNumParts };
@@ -101,6 +101,7 @@ struct Executor::StepInput {
       seq_lens.push_back(start + s.num_tokens);
       std::copy(seq.block_table.begin(), seq.block_table.end(), block_tables.begin() + i * max_blocks);
       max_query_len = std::max(max_query_len, s.num_tokens);
+      min_query_len = i == 0 ? s.num_tokens : std::min(min_query_len, s.num_tokens);
       max_seq_len = std::max(max_seq_len, start + s.num_tokens);
       const LogitsRequest& lr = logits_requests[i];
       LLMCORE_CHECK(lr.first_row >= 0 && lr.first_row + lr.num_rows <= s.num_tokens);
@@ -347,6 +348,7 @@ Tensor Executor::forward(Rank& rank, const StepInput& s) {
   in.logits_indices = s.part(all, StepInput::kLogitsRows, {static_cast<int64_t>(s.logits_rows.size())});
   in.attn.num_seqs = s.num_seqs;
   in.attn.max_query_len = s.max_query_len;
+  in.attn.min_query_len = s.min_query_len;
   in.attn.max_seq_len = s.max_seq_len;
   in.attn.query_start_loc = s.part(all, StepInput::kQueryStart, {s.num_seqs + 1});
   in.attn.seq_lens = s.part(all, StepInput::kSeqLens, {s.num_seqs});

@@ -26,7 +26,8 @@ constexpr int kPagedAttentionPartitionSize = 512;
 
 // Device bytes paged_attention() needs as `workspace` for this step: fp32 partial outputs of
 // the decode rows whose context spans several partitions. 0 when no row can be split
-// (meta.max_seq_len <= kPagedAttentionPartitionSize). Depends only on the host ints of `meta`.
+// (meta.max_seq_len <= kPagedAttentionPartitionSize, or meta.min_query_len > 1: no decode row).
+// Depends only on the host ints of `meta`.
 size_t paged_attention_workspace_bytes(const AttentionMetadata& meta, const AttnShape& shape);
 
 // Causal attention of the q part of qkv over the paged cache, which already holds this step's
@@ -35,7 +36,8 @@ size_t paged_attention_workspace_bytes(const AttentionMetadata& meta, const Attn
 //   qkv      [T, (Hq + 2 Hkv) * D]  same dtype
 //   k_cache, v_cache [NB, Hkv, BS, D] same dtype
 //   meta.query_start_loc [S + 1], meta.seq_lens [S], meta.block_tables [S, max_blocks] int32;
-//   meta.num_seqs / max_query_len / max_seq_len are host ints.
+//   meta.num_seqs / max_query_len / min_query_len / max_seq_len are host ints; min_query_len
+//   must not exceed any sequence's query length (1 is always safe).
 // Query token i of sequence s sits at position seq_lens[s] - query_len(s) + i and attends to
 // keys [max(0, pos - sliding_window + 1), pos] (sliding_window 0: [0, pos]). Scores are
 // (q . k) * scale. Head dims 32, 64, 96, 128, 256; any block size; any Hq / Hkv ratio.

@@ -351,7 +351,10 @@ __global__ void __launch_bounds__(kCombineThreads) PagedAttentionCombineKernel(c
 
 // --- host side ----------------------------------------------------------------------------------
 
+// Partitions of the step's longest sequence; 1 (no split kernels, no workspace) when no row is a
+// decode row (min_query_len > 1), so a step of prompts launches the walking kernel alone.
 int max_partitions_of(const AttentionMetadata& meta) {
+  if (meta.min_query_len > 1) return 1;
   return std::max(1, (meta.max_seq_len + kPartition - 1) / kPartition);
 }
 

@@ -60,6 +60,8 @@ std::vector<SeqSpan> check_metadata(const AttentionMetadata& meta, int64_t num_t
     LLMCORE_CHECK(query_len <= meta.max_query_len && seq_len <= meta.max_seq_len, "sequence ", s,
                   ": query_len ", query_len, " / seq_len ", seq_len, " exceed max_query_len ",
                   meta.max_query_len, " / max_seq_len ", meta.max_seq_len);
+    LLMCORE_CHECK(query_len >= meta.min_query_len, "sequence ", s, ": query_len ", query_len,
+                  " is below min_query_len ", meta.min_query_len);
     LLMCORE_CHECK(seq_len <= max_blocks * block_size, "sequence ", s, ": seq_len ", seq_len,
                   " needs more than the ", max_blocks, " blocks of its block table");
     // Blocks the step reads: from the first query's window start to the last position.

@@ -71,6 +71,9 @@ TEST(CudaAttentionArgs, WorkspaceBytesFollowTheLongestSequence) {
   EXPECT_EQ(kernels::paged_attention_workspace_bytes(meta, shape), 3u * 8 * 2 * (128 + 2) * 4);
   meta.max_seq_len = 8192;  // sixteen
   EXPECT_EQ(kernels::paged_attention_workspace_bytes(meta, shape), 3u * 8 * 16 * (128 + 2) * 4);
+  meta.min_query_len = 2;  // prompt rows only: nothing is split
+  EXPECT_EQ(kernels::paged_attention_workspace_bytes(meta, shape), 0u);
+  meta.min_query_len = 1;
   meta.num_seqs = 0;
   EXPECT_EQ(kernels::paged_attention_workspace_bytes(meta, shape), 0u);
 }

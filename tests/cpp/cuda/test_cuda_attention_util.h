@@ -169,7 +169,7 @@ inline Problem make_problem(const AttnShape& shape, int block_size, DType dtype,
   std::vector<int> owner(num_seqs);
   std::vector<int> owner_len;  // positions each owner stores
   std::vector<const SeqData*> owner_data;
-  int max_q = 0, max_len = 0;
+  int max_q = 0, min_q = 1, max_len = 0;
   std::vector<int32_t> start = {0}, lens;
   for (int s = 0; s < num_seqs; ++s) {
     const StepSeq& ss = p.seqs[s];
@@ -186,6 +186,7 @@ inline Problem make_problem(const AttnShape& shape, int block_size, DType dtype,
     owner[s] = o;
     owner_len[o] = std::max(owner_len[o], ss.seq_len());
     max_q = std::max(max_q, ss.query_len);
+    min_q = s == 0 ? ss.query_len : std::min(min_q, ss.query_len);
     max_len = std::max(max_len, ss.seq_len());
     start.push_back(start.back() + ss.query_len);
     lens.push_back(ss.seq_len());
@@ -243,6 +244,7 @@ inline Problem make_problem(const AttnShape& shape, int block_size, DType dtype,
 
   p.meta.num_seqs = num_seqs;
   p.meta.max_query_len = max_q;
+  p.meta.min_query_len = min_q;
   p.meta.max_seq_len = max_len;
   p.meta.query_start_loc = host_ints(start);
   p.meta.seq_lens = host_ints(lens);

@@ -129,6 +129,8 @@ inline ForwardInput make_step(const std::vector<SeqChunk>& seqs, int block_size)
     lens.push_back(s.num_computed + static_cast<int32_t>(s.tokens.size()));
     max_blocks = std::max(max_blocks, s.block_table.size());
     in.attn.max_query_len = std::max(in.attn.max_query_len, static_cast<int>(s.tokens.size()));
+    in.attn.min_query_len = starts.size() == 2 ? static_cast<int>(s.tokens.size())
+                                               : std::min(in.attn.min_query_len, static_cast<int>(s.tokens.size()));
     in.attn.max_seq_len = std::max(in.attn.max_seq_len, lens.back());
   }
   std::vector<int32_t> tables;
