@@ -115,7 +115,7 @@ struct Executor::StepInput {
       row_kinds = RowKinds::from_flags(generated);
       logits_row_kinds = RowKinds::from_flags(generated_logits);
     }
-    const std::vector<int32_t>* parts[kNumParts] = {&token_ids, &positions,      &slots,       &seq_lens,
+    const std::vector<int32_t>* parts[kNumParts] = {&token_ids,   &positions,       &slots,       &seq_lens,
                                                     &logits_rows, &query_start_loc, &block_tables};
     constexpr size_t kAlign = 16;  // int32s: 64 bytes
     size_t total = 0;
