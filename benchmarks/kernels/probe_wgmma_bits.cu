@@ -13,7 +13,8 @@
 // against a double-precision product (a layout mistake shows as a large error, rounding as a tiny
 // one). Operand sets: normal values, values spread over 2^-20 .. 2^20, and sums that cancel.
 //
-//   nvcc -O3 -std=c++17 -arch=sm_90a benchmarks/kernels/probe_wgmma_bits.cu -o /tmp/probe_wgmma_bits
+//   nvcc -O3 -std=c++17 -arch=sm_90a -I. -Icsrc benchmarks/kernels/probe_wgmma_bits.cu csrc/core/dtype.cpp \
+//     -o /tmp/probe_wgmma_bits
 //   /tmp/probe_wgmma_bits > benchmarks/results/probe_wgmma_bits-<device>-<date>.json
 // Prints one JSON object; the summary line goes to stderr.
 #include <cuda_bf16.h>
@@ -29,6 +30,9 @@
 #include <string>
 #include <vector>
 
+#include "core/dtype.h"
+#include "kernels/common/mma.cuh"
+
 namespace {
 
 constexpr int kM = 64, kN = 8, kK = 128, kSteps = kK / 16;
@@ -42,71 +46,29 @@ constexpr int kM = 64, kN = 8, kK = 128, kSteps = kK / 16;
     }                                                                                \
   } while (0)
 
+// Per 16-bit type: its name, the warpgroup MMA (m64n8k16, A from registers, B by descriptor) and
+// the host conversions (core/dtype.h). The warp MMA is the kernels' own (kernels/common/mma.cuh).
 template <typename T>
 struct Ops;
 
-template <>
-struct Ops<__nv_bfloat16> {
-  static constexpr const char* kName = "bf16";
-  __device__ static void mma(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
-        "{%8,%9}, {%0,%1,%2,%3};\n"
-        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-  }
-  __device__ static void wgmma(float (&d)[4], const uint32_t (&a)[4], uint64_t desc_b) {
-    asm volatile(
-        "{\n.reg .pred p;\nsetp.ne.b32 p, 1, 0;\n"
-        "wgmma.mma_async.sync.aligned.m64n8k16.f32.bf16.bf16 {%0,%1,%2,%3}, {%4,%5,%6,%7}, %8, "
-        "p, 1, 1, 0;\n}\n"
-        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b));
-  }
-  static uint16_t bits(float x) {
-    __nv_bfloat16 h = __float2bfloat16_rn(x);
-    uint16_t u;
-    std::memcpy(&u, &h, 2);
-    return u;
-  }
-  static float value(uint16_t u) {
-    uint32_t f = static_cast<uint32_t>(u) << 16;
-    float x;
-    std::memcpy(&x, &f, 4);
-    return x;
-  }
-};
-
-template <>
-struct Ops<__half> {
-  static constexpr const char* kName = "fp16";
-  __device__ static void mma(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
-        "{%8,%9}, {%0,%1,%2,%3};\n"
-        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-  }
-  __device__ static void wgmma(float (&d)[4], const uint32_t (&a)[4], uint64_t desc_b) {
-    asm volatile(
-        "{\n.reg .pred p;\nsetp.ne.b32 p, 1, 0;\n"
-        "wgmma.mma_async.sync.aligned.m64n8k16.f32.f16.f16 {%0,%1,%2,%3}, {%4,%5,%6,%7}, %8, "
-        "p, 1, 1, 0;\n}\n"
-        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b));
-  }
-  static uint16_t bits(float x) {
-    __half h = __float2half_rn(x);
-    uint16_t u;
-    std::memcpy(&u, &h, 2);
-    return u;
-  }
-  static float value(uint16_t u) {
-    __half h;
-    std::memcpy(&h, &u, 2);
-    return __half2float(h);
-  }
-};
+#define LLMCORE_PROBE_OPS(T, NAME, PTX_TYPE, TO_BITS, FROM_BITS)                                  \
+  template <>                                                                                    \
+  struct Ops<T> {                                                                                \
+    static constexpr const char* kName = NAME;                                                   \
+    __device__ static void wgmma(float (&d)[4], const uint32_t (&a)[4], uint64_t desc_b) {       \
+      asm volatile(                                                                              \
+          "{\n.reg .pred p;\nsetp.ne.b32 p, 1, 0;\n"                                              \
+          "wgmma.mma_async.sync.aligned.m64n8k16.f32." PTX_TYPE "." PTX_TYPE                      \
+          " {%0,%1,%2,%3}, {%4,%5,%6,%7}, %8, p, 1, 1, 0;\n}\n"                                   \
+          : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])                                       \
+          : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b));                            \
+    }                                                                                            \
+    static uint16_t bits(float x) { return llmcore::TO_BITS(x); }                                \
+    static float value(uint16_t u) { return llmcore::FROM_BITS(u); }                             \
+  };
+LLMCORE_PROBE_OPS(__nv_bfloat16, "bf16", "bf16", float_to_bf16, bf16_to_float)
+LLMCORE_PROBE_OPS(__half, "fp16", "f16", float_to_fp16, fp16_to_float)
+#undef LLMCORE_PROBE_OPS
 
 // Shared-memory descriptor, no swizzle: start address, LBO (next core matrix along K) and SBO
 // (next core matrix along N), each in 16-byte units.
@@ -150,7 +112,7 @@ __global__ void __launch_bounds__(128) Probe(const uint16_t* a, const uint16_t* 
     const uint32_t frag[4] = {pair(A + r0 * kK + k0), pair(A + r1 * kK + k0), pair(A + r0 * kK + k0 + 8),
                               pair(A + r1 * kK + k0 + 8)};
     const uint32_t b0 = pair(B + g * kK + k0), b1 = pair(B + g * kK + k0 + 8);
-    Ops<T>::mma(d_mma, frag, b0, b1);
+    llmcore::kernels::mma_m16n8k16<T>(d_mma, frag[0], frag[1], frag[2], frag[3], b0, b1);
     asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
     Ops<T>::wgmma(d_wg, frag, make_desc(&b_s[s][0][0][0], kN * 16, 2 * kN * 16));
     asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
