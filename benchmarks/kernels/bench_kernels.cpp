@@ -13,6 +13,9 @@
 // the median of `trials` such timings. Prints one JSON object to stdout.
 //
 //   bench_kernels [--heads 32] [--kv-heads 8] [--head-dim 128] [--block-size 16]
+//                 [--attention-only 1]      copy and attention only
+//                 [--prefill-tokens T]      only the T-token prefill attention, three launches
+//                                           (for a profiler: ncu --launch-skip 2 --launch-count 1)
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -36,6 +39,7 @@ namespace {
 
 struct Args {
   int heads = 32, kv_heads = 8, head_dim = 128, block_size = 16;
+  int attention_only = 0, prefill_tokens = 0;
 };
 
 // Median over `trials` of the mean time (ms) of `reps` calls of fn, after `warmup` calls.
@@ -82,10 +86,11 @@ Tensor device_i32(CudaBackend& be, const std::vector<int32_t>& v, Shape shape) {
 
 // Attention over `lens` sequences whose last `query_lens` tokens are the queries; block tables
 // are a random permutation of the cache blocks. Returns the median ms.
-double time_attention(CudaBackend& be, const Args& a, const std::vector<int>& lens, const std::vector<int>& query_lens,
-                      std::mt19937& rng) {
+double time_attention(CudaBackend& be, const Args& a, const std::vector<int>& lens,
+                      const std::vector<int>& query_lens, std::mt19937& rng,
+                      int profile_launches = 0) {
   const int S = static_cast<int>(lens.size());
-  int max_blocks = 0, total_blocks = 0, T = 0, max_len = 0, max_q = 0;
+  int max_blocks = 0, total_blocks = 0, T = 0, max_len = 0, max_q = 0, min_q = 0;
   for (int s = 0; s < S; ++s) {
     const int nb = (lens[s] + a.block_size - 1) / a.block_size;
     max_blocks = std::max(max_blocks, nb);
@@ -93,6 +98,7 @@ double time_attention(CudaBackend& be, const Args& a, const std::vector<int>& le
     T += query_lens[s];
     max_len = std::max(max_len, lens[s]);
     max_q = std::max(max_q, query_lens[s]);
+    min_q = s == 0 ? query_lens[s] : std::min(min_q, query_lens[s]);
   }
   std::vector<int32_t> perm(total_blocks);
   for (int i = 0; i < total_blocks; ++i) perm[i] = i;
@@ -113,11 +119,18 @@ double time_attention(CudaBackend& be, const Args& a, const std::vector<int>& le
   AttentionMetadata meta;
   meta.num_seqs = S;
   meta.max_query_len = max_q;
+  meta.min_query_len = min_q;  // as the engine sets it (a prompt-only step: no split kernels)
   meta.max_seq_len = max_len;
   meta.query_start_loc = device_i32(be, qsl, {S + 1});
   meta.seq_lens = device_i32(be, seq_lens, {S});
   meta.block_tables = device_i32(be, tables, {S, max_blocks});
   const float scale = 1.0f / std::sqrt(static_cast<float>(a.head_dim));
+  if (profile_launches > 0) {
+    for (int i = 0; i < profile_launches; ++i)
+      be.paged_attention(out, qkv, k, v, meta, shape, scale, 0);
+    be.synchronize();
+    return 0.0;
+  }
   return time_ms(be, [&] { be.paged_attention(out, qkv, k, v, meta, shape, scale, 0); });
 }
 
@@ -132,6 +145,8 @@ int main(int argc, char** argv) {
     else if (f == "--kv-heads") a.kv_heads = v;
     else if (f == "--head-dim") a.head_dim = v;
     else if (f == "--block-size") a.block_size = v;
+    else if (f == "--attention-only") a.attention_only = v;
+    else if (f == "--prefill-tokens") a.prefill_tokens = v;
     else {
       std::fprintf(stderr, "unknown flag %s\n", f.c_str());
       return 2;
@@ -143,6 +158,11 @@ int main(int argc, char** argv) {
   }
   CudaBackend be(0, DType::kBF16);
   std::mt19937 rng(0);
+  if (a.prefill_tokens > 0) {
+    time_attention(be, a, {a.prefill_tokens}, {a.prefill_tokens}, rng, 3);
+    std::printf("{\"prefill_tokens\": %d, \"launches\": 3}\n", a.prefill_tokens);
+    return 0;
+  }
   std::printf("{\"gpu\": \"%s\", \"heads\": %d, \"kv_heads\": %d, \"head_dim\": %d, \"block_size\": %d", cuda::gpu_name(0).c_str(),
               a.heads, a.kv_heads, a.head_dim, a.block_size);
 
@@ -188,6 +208,10 @@ int main(int argc, char** argv) {
     std::fflush(stdout);
   }
   std::printf("]");
+  if (a.attention_only) {
+    std::printf("}\n");
+    return 0;
+  }
 
   // Linear layers of Llama-3-8B (fused qkv, o, fused gate_up, down, lm_head).
   struct Shape2 {

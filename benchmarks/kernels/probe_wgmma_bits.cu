@@ -13,10 +13,15 @@
 // against a double-precision product (a layout mistake shows as a large error, rounding as a tiny
 // one). Operand sets: normal values, values spread over 2^-20 .. 2^20, and sums that cancel.
 //
+// Part two runs the attention kernels' own tile code (kernels/attention/paged_attention_tile.cuh)
+// on one 64-row, 64-key, head-dim-128 tile: attend_tile (mma.sync, per warp) against
+// attend_tile_wgmma (the warpgroup path: Q, K and V through 128-byte swizzle descriptors), all
+// keys visible and causal, and counts the state elements (o, m, l) whose bits differ.
+//
 //   nvcc -O3 -std=c++17 -arch=sm_90a -I. -Icsrc benchmarks/kernels/probe_wgmma_bits.cu csrc/core/dtype.cpp \
 //     -o /tmp/probe_wgmma_bits
 //   /tmp/probe_wgmma_bits > benchmarks/results/probe_wgmma_bits-<device>-<date>.json
-// Prints one JSON object; the summary line goes to stderr.
+// (from the repository root). Prints one JSON object; the summary lines go to stderr.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
@@ -31,6 +36,7 @@
 #include <vector>
 
 #include "core/dtype.h"
+#include "kernels/attention/paged_attention_tile.cuh"
 #include "kernels/common/mma.cuh"
 
 namespace {
@@ -205,6 +211,111 @@ Result run(const char* operands, int kind, int ctas, uint32_t seed) {
   return r;
 }
 
+// --- part two: the attention tile ---------------------------------------------------------------
+
+namespace ad = llmcore::kernels::attention_detail;
+constexpr int kD = 128, kKeys = 64;
+using TShape = ad::TileShape<kD, true>;
+static_assert(TShape::kBlockN == kKeys);
+
+// q, k, v: [tiles][64][128] 16-bit bits, row-major. out: [tiles][variant 0..1][128 threads][state
+// floats]: variant 0 mma.sync, 1 wgmma.
+constexpr int kStateFloats = kD / 8 * 4 + 4;
+template <typename T>
+__global__ void __launch_bounds__(128) TileProbe(const uint16_t* q, const uint16_t* k, const uint16_t* v,
+                                                 int causal, float* out) {
+#if LLMCORE_ATTENTION_WGMMA
+  __shared__ __align__(1024) T q_s[64 * kD];
+  __shared__ __align__(1024) T k_s[kKeys * kD];
+  __shared__ __align__(1024) T v_s[kKeys * kD];
+  const size_t base = static_cast<size_t>(blockIdx.x) * 64 * kD;
+  for (int i = threadIdx.x; i < 64 * TShape::kChunks; i += 128) {
+    const int r = i / TShape::kChunks, c = i % TShape::kChunks, at = TShape::off(r, c);
+    for (int e = 0; e < 8; ++e) {
+      uint16_t bq = q[base + r * kD + c * 8 + e], bk = k[base + r * kD + c * 8 + e], bv = v[base + r * kD + c * 8 + e];
+      std::memcpy(&q_s[at + e], &bq, 2);
+      std::memcpy(&k_s[at + e], &bk, 2);
+      std::memcpy(&v_s[at + e], &bv, 2);
+    }
+  }
+  ad::fence_proxy_async();
+  __syncthreads();
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  int lo[2], hi[2];
+  for (int i = 0; i < 2; ++i) {
+    const int row = warp * 16 + lane / 4 + 8 * i;
+    lo[i] = 0;
+    hi[i] = causal ? row : kKeys - 1;  // row r sees keys 0 .. r
+  }
+  const bool all_visible = !causal;
+  for (int variant = 0; variant < 2; ++variant) {
+    ad::PartitionState<kD> st;
+    st.reset();
+    const float scale = 0.08838834764831845f * 1.4426950408889634f;
+    // Two tiles in a row: the second rescales the first's state.
+    for (int rep = 0; rep < 2; ++rep) {
+      if (variant == 0)
+        ad::attend_tile<T, kD, true>(st, q_s + TShape::off(warp * 16, 0), k_s, v_s, 0, lo, hi, scale, lane, all_visible);
+      else
+        ad::attend_tile_wgmma<T, kD>(st, q_s, k_s, v_s, 0, lo, hi, scale, lane, all_visible);
+    }
+    float* o = out + ((static_cast<size_t>(blockIdx.x) * 2 + variant) * 128 + threadIdx.x) * kStateFloats;
+    for (int dt = 0; dt < kD / 8; ++dt)
+      for (int c = 0; c < 4; ++c) o[dt * 4 + c] = st.o[dt][c];
+    o[kD / 2 + 0] = st.m[0];
+    o[kD / 2 + 1] = st.m[1];
+    o[kD / 2 + 2] = st.l[0];
+    o[kD / 2 + 3] = st.l[1];
+  }
+#endif
+}
+
+struct TileResult {
+  std::string dtype, mask;
+  long elements = 0, mismatches = 0;
+};
+
+template <typename T>
+TileResult run_tile(bool causal, int tiles, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  const size_t n = static_cast<size_t>(tiles) * 64 * kD;
+  std::vector<uint16_t> q(n), k(n), v(n);
+  for (size_t i = 0; i < n; ++i) {
+    q[i] = Ops<T>::bits(normal(rng) * 2.0f);
+    k[i] = Ops<T>::bits(normal(rng) * 2.0f);
+    v[i] = Ops<T>::bits(normal(rng));
+  }
+  const size_t nout = static_cast<size_t>(tiles) * 2 * 128 * kStateFloats;
+  uint16_t *dq, *dk, *dv;
+  float* dout;
+  CHECK(cudaMalloc(&dq, n * 2));
+  CHECK(cudaMalloc(&dk, n * 2));
+  CHECK(cudaMalloc(&dv, n * 2));
+  CHECK(cudaMalloc(&dout, nout * 4));
+  CHECK(cudaMemcpy(dq, q.data(), n * 2, cudaMemcpyHostToDevice));
+  CHECK(cudaMemcpy(dk, k.data(), n * 2, cudaMemcpyHostToDevice));
+  CHECK(cudaMemcpy(dv, v.data(), n * 2, cudaMemcpyHostToDevice));
+  TileProbe<T><<<tiles, 128>>>(dq, dk, dv, causal ? 1 : 0, dout);
+  CHECK(cudaGetLastError());
+  CHECK(cudaDeviceSynchronize());
+  std::vector<float> out(nout);
+  CHECK(cudaMemcpy(out.data(), dout, nout * 4, cudaMemcpyDeviceToHost));
+  for (void* p : {static_cast<void*>(dq), static_cast<void*>(dk), static_cast<void*>(dv), static_cast<void*>(dout)})
+    CHECK(cudaFree(p));
+  TileResult r;
+  r.dtype = Ops<T>::kName;
+  r.mask = causal ? "causal" : "all visible";
+  const size_t per = static_cast<size_t>(128) * kStateFloats;
+  for (int t = 0; t < tiles; ++t)
+    for (size_t i = 0; i < per; ++i) {
+      const float* base = out.data() + static_cast<size_t>(t) * 2 * per;
+      ++r.elements;
+      if (std::memcmp(&base[i], &base[per + i], 4) != 0) ++r.mismatches;
+    }
+  return r;
+}
+
 }  // namespace
 
 int main() {
@@ -232,6 +343,16 @@ int main() {
                 "\"max_rel_err_wgmma\": %.3g, \"max_rel_err_mma_sync\": %.3g, \"max_rel_diff_between\": %.3g}",
                 i ? ", " : "", r.dtype.c_str(), r.operands.c_str(), r.elements, r.bit_mismatches, r.max_rel_wg,
                 r.max_rel_mma, r.max_rel_between);
+  }
+  std::printf("], \"attention_tile\": [");
+  std::vector<TileResult> tiles = {run_tile<__nv_bfloat16>(false, 64, 11), run_tile<__nv_bfloat16>(true, 64, 12),
+                                   run_tile<__half>(false, 64, 13), run_tile<__half>(true, 64, 14)};
+  for (size_t i = 0; i < tiles.size(); ++i) {
+    const TileResult& r = tiles[i];
+    std::printf("%s{\"dtype\": \"%s\", \"mask\": \"%s\", \"state_elements\": %ld, \"bit_mismatches\": %ld}",
+                i ? ", " : "", r.dtype.c_str(), r.mask.c_str(), r.elements, r.mismatches);
+    std::fprintf(stderr, "attention tile %s %s: %ld of %ld state elements differ in bits\n", r.dtype.c_str(),
+                 r.mask.c_str(), r.mismatches, r.elements);
   }
   std::printf("]}\n");
   std::fprintf(stderr, "probe_wgmma_bits (%s): %ld of %ld elements differ in bits between wgmma and mma.sync\n",

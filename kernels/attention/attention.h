@@ -36,8 +36,10 @@ size_t paged_attention_workspace_bytes(const AttentionMetadata& meta, const Attn
 //   qkv      [T, (Hq + 2 Hkv) * D]  same dtype
 //   k_cache, v_cache [NB, Hkv, BS, D] same dtype
 //   meta.query_start_loc [S + 1], meta.seq_lens [S], meta.block_tables [S, max_blocks] int32;
-//   meta.num_seqs / max_query_len / min_query_len / max_seq_len are host ints; min_query_len
-//   must not exceed any sequence's query length (1 is always safe).
+//   meta.num_seqs / max_query_len / min_query_len / max_seq_len are host ints, bounds of the
+//   sequences' query lengths and lengths: min_query_len must not exceed any query length (1 is
+//   always safe), max_query_len and max_seq_len must not be below any (they choose the kernels
+//   that run: a prompt's rows are computed only if max_query_len admits them).
 // Query token i of sequence s sits at position seq_lens[s] - query_len(s) + i and attends to
 // keys [max(0, pos - sliding_window + 1), pos] (sliding_window 0: [0, pos]). Scores are
 // (q . k) * scale. Head dims 32, 64, 96, 128, 256; any block size; any Hq / Hkv ratio.

@@ -1,4 +1,4 @@
-// Paged attention: the attention kernel, the split-K combine kernel and the host launcher.
+// Paged attention: the attention kernels, the split-K combine kernel and the host launcher.
 //
 // Work split. A CTA handles one sequence, one kv head and a tile of that sequence's query rows;
 // the rows are (token, query head of the kv head's group) pairs, row r = token (r / group),
@@ -6,10 +6,14 @@
 // once per group. Keys are visited in tiles of kBlockN aligned at absolute positions, grouped
 // in partitions of kPartition keys (aligned too). A "walking" CTA (4 warps, 64 rows) visits
 // all partitions of its rows; a decode row whose keys span several partitions is "split": one
-// CTA (1 warp, 16 rows) per partition, then a combine kernel (CtaShape in the .cuh).
+// CTA (1 warp, 16 rows) per partition, then a combine kernel (CtaShape in the .cuh). For head
+// dim 128 the walking CTAs of prompts run in a kernel of their own, on Hopper's warpgroup MMA
+// (kSeparateLongWalk).
 //
 // Why a row's bits do not depend on the batch, the chunking or the prefix cache:
 //  * mma rows are independent: a score or output row depends only on its own Q row and K/V.
+//    The warpgroup MMA computes each row with the same chain of k16 steps as mma.sync and rounds
+//    alike (benchmarks/kernels/probe_wgmma_bits.cu), so the prompt kernel's rows match too.
 //  * Per partition, a row's online softmax visits the same tiles in the same order; a CTA may
 //    visit extra tiles that are fully masked for the row, and such a tile leaves the state bit
 //    for bit unchanged (its max is -inf, so the rescale factor is exactly 1 and every weight
@@ -38,30 +42,46 @@ namespace {
 
 using namespace attention_detail;
 
+// Walking CTAs of head dim 128 run in two kernels: one for "long" sequences (more than 16 rows:
+// prompts and prompt chunks), whose tiles are swizzled for the warpgroup MMA (sm_90a), and one
+// for the rest (decode rows), with the padded tiles and the registers of the mma.sync path
+// alone. Other head dims walk in one kernel (kLong false). Either way a row gets the same bits.
+template <int D>
+constexpr bool kSeparateLongWalk = D == 128;
+__device__ __forceinline__ bool is_long_seq(int query_len, int group) {
+  return static_cast<int64_t>(query_len) * group > kSplitRows;
+}
+
 // out (or the workspace) for one tile of query rows of one (sequence, kv head).
 // kSplit false: grid (walking slots, Hkv); the CTA walks every partition of its rows' keys and
-//               writes out. Split sequences are skipped.
+//               writes out. Split sequences are skipped, and where kSeparateLongWalk, the
+//               sequences of the other kernel (kLong: is_long_seq).
 // kSplit true:  grid (max_partitions, Hkv * split_row_tiles, S); the CTA computes partition
 //               blockIdx.x for 16 of a split sequence's query heads and writes its state to
 //               part_out / part_ml.
-template <typename T, int D, bool kSplit>
-__global__ void __launch_bounds__(CtaShape<kSplit>::kThreads)
+template <typename T, int D, bool kSplit, bool kLong>
+__global__ void __launch_bounds__(CtaShape<kSplit>::kThreads, CtaShape<kSplit>::min_blocks(D))
     PagedAttentionKernel(const Params p) {
+  static_assert(!kLong || (!kSplit && kSeparateLongWalk<D>), "long walking CTAs: head dim 128");
   // A walking CTA lets the next kernel launch at once: the split kernel, or o_proj's decode GEMM,
   // which starts loading its weights (common/pdl.cuh). A split CTA does not, so that the
   // combine kernel, and the GEMM after it, take no SM room from split CTAs still to run.
   if constexpr (!kSplit) pdl_launch_dependents();
-  using Shape = TileShape<D>;
+  using Shape = TileShape<D, kLong>;  // swizzled for the warpgroup MMA
+  constexpr bool kSwizzle = Shape::kSwizzled;
   using Cta = CtaShape<kSplit>;
   using H = HalfType<T>;
-  constexpr int kN = Shape::kBlockN, kS = Shape::kStride, kChunks = Shape::kChunks;
+  constexpr int kN = Shape::kBlockN, kChunks = Shape::kChunks;
   constexpr int kRows = Cta::kRows, kThreads = Cta::kThreads, kStages = Cta::kStages;
-  extern __shared__ __align__(16) unsigned char smem[];
-  T* q_s = reinterpret_cast<T*>(smem);  // [kRows, kS]
-  T* k_s = q_s + kRows * kS;            // [kStages, kN, kS]
-  T* v_s = k_s + kStages * kN * kS;     // [kStages, kN, kS]
+  // Tiles in TileShape's layout; the swizzled ones start 1024-byte aligned (tile sizes are
+  // multiples of 1024 bytes), as the warpgroup MMA's descriptors need.
+  extern __shared__ __align__(1024) unsigned char smem[];
+  constexpr int kQElems = Shape::tile_elems(kRows), kKVElems = Shape::tile_elems(kN);
+  T* q_s = reinterpret_cast<T*>(smem);  // [kRows, D]
+  T* k_s = q_s + kQElems;               // [kStages][kN, D]
+  T* v_s = k_s + kStages * kKVElems;    // [kStages][kN, D]
   // Per stage, where key n of the tile starts in either cache (elements), or kNoKey / kBadBlock.
-  int64_t* key_off_s = reinterpret_cast<int64_t*>(v_s + kStages * kN * kS);  // [kStages, kN]
+  int64_t* key_off_s = reinterpret_cast<int64_t*>(v_s + kStages * kKVElems);  // [kStages, kN]
   constexpr int64_t kNoKey = -1, kBadBlock = -2;
 
   int seq, kv_head, part = 0;
@@ -87,7 +107,8 @@ __global__ void __launch_bounds__(CtaShape<kSplit>::kThreads)
   const int group = p.group;
   const int64_t num_rows = static_cast<int64_t>(query_len) * group;
   if (query_len <= 0 || tile < 0 || tile * kRows >= num_rows ||
-      kSplit != is_split_seq(query_len, seq_len, p.sliding_window, p.max_partitions)) {
+      kSplit != is_split_seq(query_len, seq_len, p.sliding_window, p.max_partitions) ||
+      (!kSplit && kSeparateLongWalk<D> && kLong != is_long_seq(query_len, group))) {
     pdl_wait();
     return;
   }
@@ -111,6 +132,12 @@ __global__ void __launch_bounds__(CtaShape<kSplit>::kThreads)
   const int t_end = key_lo < key_hi ? (key_hi + kN - 1) / kN : t_begin;
 
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  // Walking CTAs of more than 16 rows (prompt chunks) attend with the warpgroup MMA where the
+  // build targets sm_90a (head dim 128); the rest, decode rows among them, with mma.sync. Both
+  // give the same bits (paged_attention_tile.cuh).
+  constexpr bool kWgmmaShape = kSwizzle && LLMCORE_ATTENTION_WGMMA;
+  const bool use_wgmma = kWgmmaShape && row_end - row_begin > 16;
+  if (use_wgmma && (smem_u32(smem) & 1023) != 0) __trap();  // the descriptors' swizzle needs it
   const int warp_row_begin = row_begin + warp * 16;
   const bool warp_active = warp_row_begin < row_end;
   const int warp_row_end = min(row_end, warp_row_begin + 16);
@@ -164,11 +191,12 @@ __global__ void __launch_bounds__(CtaShape<kSplit>::kThreads)
   auto locate_keys = [&](int t, int stage) { store_key(t, key_block(t), stage); };
 
   // Q tile: row r of the CTA is token q_begin + (row_begin + r) / group, head kv_head * group
-  // + (row_begin + r) % group; rows past the sequence are zero.
+  // + (row_begin + r) % group; rows past the sequence are zero. Thread i copies chunks i,
+  // i + kThreads, ... in row-major order: a warp reads whole rows (full 128-byte lines).
   auto load_q = [&] {
     for (int c = threadIdx.x; c < kRows * kChunks; c += kThreads) {
       const int r = c / kChunks, chunk = c % kChunks;
-      T* dst = q_s + r * kS + chunk * 8;
+      T* dst = q_s + Shape::off(r, chunk);
       const int rr = row_begin + r;
       const int64_t token = static_cast<int64_t>(q_begin) + rr / group;
       if (rr < row_end && token >= 0 && token < p.num_tokens) {
@@ -181,16 +209,16 @@ __global__ void __launch_bounds__(CtaShape<kSplit>::kThreads)
   };
   const uint32_t nan2 = (static_cast<uint32_t>(H::kNaNBits) << 16) | H::kNaNBits;
   auto load_kv = [&](int stage) {
-    T* kd = k_s + stage * kN * kS;
-    T* vd = v_s + stage * kN * kS;
+    T* kd = k_s + stage * kKVElems;
+    T* vd = v_s + stage * kKVElems;
     static_assert((kN * kChunks) % kThreads == 0, "whole chunks per thread");
 #pragma unroll
     for (int i = 0; i < kN * kChunks / kThreads; ++i) {
       const int c = threadIdx.x + i * kThreads;
       const int n = c / kChunks, chunk = c % kChunks;
       const int64_t off = key_off_s[stage * kN + n];
-      T* kdst = kd + n * kS + chunk * 8;
-      T* vdst = vd + n * kS + chunk * 8;
+      T* kdst = kd + Shape::off(n, chunk);
+      T* vdst = vd + Shape::off(n, chunk);
       if (off >= 0) {
         cp_async16(kdst, k_cache + off + chunk * 8);
         cp_async16(vdst, v_cache + off + chunk * 8);
@@ -244,16 +272,23 @@ __global__ void __launch_bounds__(CtaShape<kSplit>::kThreads)
       cp_async_commit();
       cp_async_wait<0>();
     }
+    if (use_wgmma) fence_proxy_async();  // this tile's smem, as the warpgroup MMA reads it
     __syncthreads();
     // The table entries of tile t + 2 (two stages; tile t + 1's were located an iteration ago)
     // or t + 1 (one stage), read now and stored after the tile's math.
     const int t_next = kStages == 2 ? t + 2 : t + 1;
     const int64_t next_block = t_next < t_end ? key_block(t_next) : kOutside;
 
-    if (warp_active && t * kN < warp_key_hi && (t + 1) * kN > warp_key_lo)
-      attend_tile<T, D>(st, q_s + warp * 16 * kS, k_s + stage * kN * kS, v_s + stage * kN * kS,
-                        t * kN, row_key_lo, row_key_hi, p.scale_log2, lane,
-                        t * kN >= warp_all_lo && t * kN + kN - 1 <= warp_all_hi);
+    const bool all_visible = t * kN >= warp_all_lo && t * kN + kN - 1 <= warp_all_hi;
+    if constexpr (kWgmmaShape) {
+      if (use_wgmma)  // every warp: a tile masked for a warp's rows leaves their state unchanged
+        attend_tile_wgmma<T, D>(st, q_s, k_s + stage * kKVElems, v_s + stage * kKVElems, t * kN,
+                                row_key_lo, row_key_hi, p.scale_log2, lane, all_visible);
+    }
+    if (!use_wgmma && warp_active && t * kN < warp_key_hi && (t + 1) * kN > warp_key_lo)
+      attend_tile<T, D, kSwizzle>(st, q_s + Shape::off(warp * 16, 0), k_s + stage * kKVElems,
+                                  v_s + stage * kKVElems, t * kN, row_key_lo, row_key_hi,
+                                  p.scale_log2, lane, all_visible);
 
     const bool partition_done = t + 1 == t_end || ((t + 1) * kN) % kPartition == 0;
     if (warp_active && partition_done) {
@@ -369,16 +404,16 @@ void check_device_tensor(const Tensor& t, const char* what, DType dtype, const S
 
 // The kernel's dynamic shared memory bytes, after raising its limit to that on the current
 // device (an attribute per device and function: set once per device, under 64 devices).
-template <typename T, int D, bool kSplit>
+template <typename T, int D, bool kSplit, bool kLong>
 size_t prepare() {
   using Cta = CtaShape<kSplit>;
-  const size_t smem = TileShape<D>::smem_bytes(Cta::kRows, Cta::kStages, sizeof(T));
+  const size_t smem = TileShape<D, kLong>::smem_bytes(Cta::kRows, Cta::kStages, sizeof(T));
   static std::atomic<uint64_t> done_devices{0};
   int device = 0;
   LLMCORE_CUDA_CHECK(cudaGetDevice(&device));
   const uint64_t bit = device < 64 ? uint64_t{1} << device : 0;
   if (bit == 0 || (done_devices.load(std::memory_order_acquire) & bit) == 0) {
-    LLMCORE_CUDA_CHECK(cudaFuncSetAttribute(PagedAttentionKernel<T, D, kSplit>,
+    LLMCORE_CUDA_CHECK(cudaFuncSetAttribute(PagedAttentionKernel<T, D, kSplit, kLong>,
                                             cudaFuncAttributeMaxDynamicSharedMemorySize,
                                             static_cast<int>(smem)));
     done_devices.fetch_or(bit, std::memory_order_release);
@@ -386,34 +421,52 @@ size_t prepare() {
   return smem;
 }
 
+// The bounds of the step's query lengths in meta tell which walking kernels have work.
 template <typename T, int D>
-void launch(const Params& p, int64_t num_tokens, cudaStream_t stream) {
+void launch(const Params& p, int64_t num_tokens, const AttentionMetadata& meta,
+            cudaStream_t stream) {
   // Walking slots: sum over s of (floor(qsl[s+1] g / 64) - floor(qsl[s] g / 64) + 1).
   const int64_t slots = num_tokens * p.group / kBlockM + p.num_seqs;
   LLMCORE_CHECK(slots <= 0x7fffffff, "paged_attention: ", slots, " query tiles exceed the grid");
-  const size_t smem = prepare<T, D, false>();
-  launch_with_pdl(PagedAttentionKernel<T, D, false>, dim3(static_cast<unsigned>(slots), p.num_kv_heads),
-               dim3(CtaShape<false>::kThreads), smem, stream, p);
+  const dim3 walk_grid(static_cast<unsigned>(slots), p.num_kv_heads);
+  const bool any_long = static_cast<int64_t>(meta.max_query_len) * p.group > kSplitRows;
+  const bool any_short = static_cast<int64_t>(meta.min_query_len) * p.group <= kSplitRows;
+  if (kSeparateLongWalk<D> && any_long) {
+    const size_t smem = prepare<T, D, false, kSeparateLongWalk<D>>();
+    launch_with_pdl(PagedAttentionKernel<T, D, false, kSeparateLongWalk<D>>, walk_grid,
+                    dim3(CtaShape<false>::kThreads), smem, stream, p);
+  }
+  if (!kSeparateLongWalk<D> || any_short) {
+    const size_t smem = prepare<T, D, false, false>();
+    launch_with_pdl(PagedAttentionKernel<T, D, false, false>, walk_grid,
+                    dim3(CtaShape<false>::kThreads), smem, stream, p);
+  }
   if (p.max_partitions > 1) {
     const int64_t split_y = static_cast<int64_t>(p.num_kv_heads) * p.split_row_tiles;
     LLMCORE_CHECK(split_y <= 65535, "paged_attention: ", split_y, " split CTAs per partition");
-    const size_t split_smem = prepare<T, D, true>();
-    launch_with_pdl(PagedAttentionKernel<T, D, true>,
-                 dim3(p.max_partitions, static_cast<unsigned>(split_y), p.num_seqs),
-                 dim3(CtaShape<true>::kThreads), split_smem, stream, p);
+    const size_t split_smem = prepare<T, D, true, false>();
+    launch_with_pdl(PagedAttentionKernel<T, D, true, false>,
+                    dim3(p.max_partitions, static_cast<unsigned>(split_y), p.num_seqs),
+                    dim3(CtaShape<true>::kThreads), split_smem, stream, p);
     launch_with_pdl(PagedAttentionCombineKernel<T, D>, dim3(p.num_seqs, p.num_heads),
                  dim3(std::min(D, kCombineThreads)), 0, stream, p);
   }
 }
 
 template <typename T>
-void launch_head_dim(const Params& p, int head_dim, int64_t num_tokens, cudaStream_t stream) {
+void launch_head_dim(const Params& p, int head_dim, int64_t num_tokens,
+                     const AttentionMetadata& meta, cudaStream_t stream) {
   switch (head_dim) {
-    case 32: return launch<T, 32>(p, num_tokens, stream);
-    case 64: return launch<T, 64>(p, num_tokens, stream);
-    case 96: return launch<T, 96>(p, num_tokens, stream);
-    case 128: return launch<T, 128>(p, num_tokens, stream);
-    case 256: return launch<T, 256>(p, num_tokens, stream);
+    case 32:
+      return launch<T, 32>(p, num_tokens, meta, stream);
+    case 64:
+      return launch<T, 64>(p, num_tokens, meta, stream);
+    case 96:
+      return launch<T, 96>(p, num_tokens, meta, stream);
+    case 128:
+      return launch<T, 128>(p, num_tokens, meta, stream);
+    case 256:
+      return launch<T, 256>(p, num_tokens, meta, stream);
     default:
       throw_value_error("paged_attention: head_dim ", head_dim,
                         " is not supported (32, 64, 96, 128 or 256)");
@@ -516,7 +569,7 @@ void paged_attention(Tensor& out, const Tensor& qkv, const Tensor& k_cache, cons
   p.sliding_window = sliding_window;
   p.scale_log2 = static_cast<float>(static_cast<double>(scale) * 1.4426950408889634);
 
-  LLMCORE_DISPATCH_HALF(dtype, T, { launch_head_dim<T>(p, head_dim, num_tokens, stream); });
+  LLMCORE_DISPATCH_HALF(dtype, T, { launch_head_dim<T>(p, head_dim, num_tokens, meta, stream); });
 }
 
 }  // namespace llmcore::kernels

@@ -37,6 +37,10 @@ struct CtaShape {
   static constexpr int kThreads = kWarps * 32;
   static constexpr int kRows = kSplit ? 16 : kWarps * 16;
   static constexpr int kStages = 2;
+  // CTAs per SM the registers must allow: 3 split CTAs up to head dim 128 (decode is bound by
+  // the loads in flight; 2 would cost a third of the bandwidth); walking CTAs are held to 2 per
+  // SM by shared memory anyway.
+  static constexpr int min_blocks(int head_dim) { return kSplit && head_dim <= 128 ? 3 : 1; }
 };
 constexpr int kBlockM = CtaShape<false>::kRows;  // rows per walking CTA
 constexpr int kSplitRows = CtaShape<true>::kRows;  // rows per split CTA
@@ -44,17 +48,65 @@ constexpr int kCombineThreads = 128;
 
 // Keys per tile: a multiple of 16 (mma k) dividing kPartition. Smaller for D = 256 so that two
 // K/V stages and the Q tile fit the shared memory of sm_80 (164 KB).
-template <int D>
+//
+// Shared-memory tiles ([rows, D], rows a multiple of 8): element (r, 8 c + e) of 16-byte chunk c
+// sits at off(r, c) + e, in one of two layouts:
+//  * kSwizzle (walking CTAs of head dim 128, the prompt path; D a multiple of 64): Hopper's
+//    "128-byte swizzle". Rows are cut into 128-byte column blocks
+//    (64 elements); an atom is 8 rows x one column block (1024 bytes, rows 128 bytes apart), the
+//    atoms of a row group follow each other, then the next row group; within an atom, chunk c
+//    of row r is stored at chunk c ^ (r % 8). The warpgroup MMA reads this through a descriptor
+//    (attend_tile_wgmma; tiles start 1024-byte aligned), ldmatrix reads 8 rows of one chunk
+//    from 8 distinct bank groups, and the loaders' 8 consecutive chunks of a row land in 8
+//    distinct bank groups, while each warp reads whole rows of the cache (full 128-byte lines).
+//  * otherwise: rows padded to D + 8 elements, which spreads 8 rows over the banks; fewer index
+//    registers than the swizzle, which keeps the split (decode) CTAs at 3 per SM.
+template <int D, bool kSwizzle = false>
 struct TileShape {
   static constexpr int kBlockN = D > 128 ? 32 : 64;
-  // smem row pitch in elements: rows stay 16-byte aligned and 8 consecutive rows hit distinct
-  // bank groups (conflict-free fragment loads and ldmatrix).
-  static constexpr int kStride = D + 8;
   static constexpr int kChunks = D / 8;  // 16-byte chunks per [D] row
-  // Q tile [rows, kStride], K and V [stages, kBlockN, kStride] each, then the cache offsets of
-  // the keys of each stage [stages, kBlockN] int64.
+  static constexpr bool kSwizzled = kSwizzle;
+  static_assert(!kSwizzle || D % 64 == 0, "the swizzled layout has 128-byte column blocks");
+  static constexpr int kColBlocks = D / 64;  // 128-byte column blocks (swizzled)
+  static constexpr int kAtomBytes = 1024;    // 8 rows x 128 bytes
+  static constexpr int kRowGroupBytes = kColBlocks * kAtomBytes;  // the next 8 rows (swizzled)
+  static constexpr int kStride = D + 8;                           // row pitch (padded)
+  __host__ __device__ static constexpr int off(int row, int chunk) {
+    if constexpr (kSwizzled)
+      return (((row >> 3) * kColBlocks + (chunk >> 3)) * 8 + (row & 7)) * 64 +
+             ((chunk & 7) ^ (row & 7)) * 8;
+    else
+      return row * kStride + chunk * 8;
+  }
+  __host__ __device__ static constexpr int tile_elems(int rows) {
+    return rows * (kSwizzled ? D : kStride);
+  }
+  // Where lane `lane` points ldmatrix.x4 (lane l addresses row l & 7 of matrix l >> 3):
+  //  q_frag: Q's A fragment of k-step kd (matrices rows 0-7 / 8-15 x columns 0-7 / 8-15);
+  //  k_frag: the B fragments of n-tiles nt, nt + 1 (keys nt*8.. / nt*8+8.., columns 0-7 / 8-15);
+  //  v_frag (.trans): the B fragments of head-dim tiles dt, dt + 1 for keys kk*16 .. kk*16+15.
+  __host__ __device__ static constexpr int q_frag(int lane, int kd) {
+    return off((lane & 7) + 8 * ((lane >> 3) & 1), 2 * kd + (lane >> 4));
+  }
+  __host__ __device__ static constexpr int k_frag(int lane, int nt, int kd) {
+    return off(nt * 8 + (lane & 7) + 8 * (lane >> 4), 2 * kd + ((lane >> 3) & 1));
+  }
+  __host__ __device__ static constexpr int v_frag(int lane, int kk, int dt) {
+    return off(kk * 16 + (lane & 15), dt + (lane >> 4));
+  }
+  // The warpgroup MMA's operands (swizzled layout), as byte offsets from the tile's start: where
+  // k-step kd (columns 16 kd ..) of a K-major operand (Q, K) starts, and where keys 16 kk .. of
+  // V (the MN-major B operand of P V) start.
+  __host__ __device__ static constexpr int kstep_bytes(int kd) {
+    return (kd / 4) * kAtomBytes + (kd % 4) * 32;
+  }
+  __host__ __device__ static constexpr int key_step_bytes(int kk) {
+    return kk * 2 * kRowGroupBytes;
+  }
+  // Q tile [rows, D], K and V [stages, kBlockN, D] each, then the cache offsets of the keys of
+  // each stage [stages, kBlockN] int64.
   static constexpr size_t smem_bytes(int rows, int stages, size_t elem) {
-    return static_cast<size_t>(rows + 2 * stages * kBlockN) * kStride * elem +
+    return static_cast<size_t>(tile_elems(rows) + 2 * stages * tile_elems(kBlockN)) * elem +
            static_cast<size_t>(stages) * kBlockN * sizeof(int64_t);
   }
   static_assert(D % 16 == 0 && (D / 8) % 2 == 0, "head_dim must be a multiple of 16");
@@ -262,26 +314,17 @@ struct PartitionState {
   }
 };
 
-// Attends the warp's 16 rows to one key tile in smem.
-//   q_s   [16, kStride]  the warp's query rows
-//   k_s   [kBlockN, kStride], v_s [kBlockN, kStride]  keys tile_key0 .. tile_key0 + kBlockN - 1
-// Key j is visible to row i iff key_lo[i] <= j <= key_hi[i] (an invalid row has an empty
-// range); invisible keys get weight exactly 0 whatever their smem contents are. all_visible
-// (warp-uniform): every row of the warp sees every key of the tile, so the mask is skipped (the
-// select would keep every score).
-template <typename T, int D>
-__device__ __forceinline__ void attend_tile(PartitionState<D>& st, const T* q_s, const T* k_s,
-                                            const T* v_s, int tile_key0, const int (&key_lo)[2],
-                                            const int (&key_hi)[2], float scale_log2, int lane,
-                                            bool all_visible) {
-  using Shape = TileShape<D>;
-  using H = HalfType<T>;
-  constexpr int kN = Shape::kBlockN, kS = Shape::kStride, kNT = kN / 8;
-  const int q = lane % 4;
+// --- one warp, one key tile: the three stages -------------------------------------------------
 
-  // Scores: s[nt] is the 16x8 tile of keys nt*8 .. nt*8+7; each a dot product over D in
-  // k-steps of 16, always in the same order.
-  float s[kNT][4];
+// Scores of the warp's 16 rows against a key tile: s[nt] is the 16x8 tile of keys nt*8 .. nt*8+7,
+// each a dot product over D in k-steps of 16, always in the same order, from 0.
+//   q_s [16, D] the warp's query rows; k_s [kBlockN, D] (TileShape<D, kSwizzle> layout).
+template <typename T, int D, bool kSwizzle>
+__device__ __forceinline__ void tile_scores(float (&s)[TileShape<D>::kBlockN / 8][4], const T* q_s,
+                                            const T* k_s, int lane) {
+  using Shape = TileShape<D, kSwizzle>;
+  using H = HalfType<T>;
+  constexpr int kNT = Shape::kBlockN / 8;
 #pragma unroll
   for (int nt = 0; nt < kNT; ++nt)
 #pragma unroll
@@ -290,21 +333,36 @@ __device__ __forceinline__ void attend_tile(PartitionState<D>& st, const T* q_s,
   // the k-step), and the B fragments of n-tiles nt and nt + 1 (keys nt*8.. and nt*8+8.., columns
   // 0-7 / 8-15 each); lane l addresses row l & 7 of matrix l >> 3.
   static_assert(kNT % 2 == 0, "n-tiles in pairs");
-  const int a_row = (lane & 7) + 8 * ((lane >> 3) & 1), a_col = 8 * (lane >> 4);
-  const int b_row = (lane & 7) + 8 * (lane >> 4), b_col = 8 * ((lane >> 3) & 1);
 #pragma unroll
   for (int kd = 0; kd < D / 16; ++kd) {
     uint32_t a[4];
-    ldmatrix_x4(a, q_s + a_row * kS + kd * 16 + a_col);
+    ldmatrix_x4(a, q_s + Shape::q_frag(lane, kd));
 #pragma unroll
     for (int nt = 0; nt < kNT; nt += 2) {
       uint32_t b[4];
-      ldmatrix_x4(b, k_s + (nt * 8 + b_row) * kS + kd * 16 + b_col);
+      ldmatrix_x4(b, k_s + Shape::k_frag(lane, nt, kd));
       H::mma(s[nt], a, b[0], b[1]);
       H::mma(s[nt + 1], a, b[2], b[3]);
     }
   }
+}
 
+// The online softmax of one tile's scores into the state: mask, scale to log2 units, new max,
+// rescale of l and o, and the weights pk (rounded to T, the A fragments of P V).
+// Key j is visible to row i iff key_lo[i] <= j <= key_hi[i] (an invalid row has an empty
+// range); invisible keys get weight exactly 0 whatever their smem contents are. all_visible
+// (warp-uniform): every row of the warp sees every key of the tile, so the mask is skipped (the
+// select would keep every score).
+template <typename T, int D>
+__device__ __forceinline__ void tile_softmax(PartitionState<D>& st,
+                                             float (&s)[TileShape<D>::kBlockN / 8][4],
+                                             uint32_t (&pk)[TileShape<D>::kBlockN / 8][2],
+                                             int tile_key0, const int (&key_lo)[2],
+                                             const int (&key_hi)[2], float scale_log2, int lane,
+                                             bool all_visible) {
+  using H = HalfType<T>;
+  constexpr int kNT = TileShape<D>::kBlockN / 8;
+  const int q = lane % 4;
   // Mask (a select, so NaN or garbage in invisible keys is dropped) and scale to log2 units.
   // One warp-uniform branch: per-element conditions would compile to per-element branches.
   float tile_max[2] = {-INFINITY, -INFINITY};
@@ -339,7 +397,6 @@ __device__ __forceinline__ void attend_tile(PartitionState<D>& st, const T* q_s,
 
   // Weights, rounded to T for the PV product; the weight sum adds the rounded values so the
   // output is an exact weighted mean of V under the weights actually applied.
-  uint32_t pk[kNT][2];
   float tile_sum[2] = {0.0f, 0.0f};
 #pragma unroll
   for (int nt = 0; nt < kNT; ++nt)
@@ -358,19 +415,205 @@ __device__ __forceinline__ void attend_tile(PartitionState<D>& st, const T* q_s,
   for (int dt = 0; dt < D / 8; ++dt)
 #pragma unroll
     for (int c = 0; c < 4; ++c) st.o[dt][c] = __fmul_rn(st.o[dt][c], alpha[c / 2]);
+}
 
-  // o += P V over k-steps of 16 keys; the P accumulator fragments are the A fragments.
+// o += P V over k-steps of 16 keys, in order; the P accumulator fragments are the A fragments.
+//   v_s [kBlockN, D] (TileShape<D, kSwizzle> layout).
+template <typename T, int D, bool kSwizzle>
+__device__ __forceinline__ void tile_pv(PartitionState<D>& st,
+                                        const uint32_t (&pk)[TileShape<D>::kBlockN / 8][2],
+                                        const T* v_s, int lane) {
+  using Shape = TileShape<D, kSwizzle>;
+  using H = HalfType<T>;
 #pragma unroll
-  for (int kk = 0; kk < kN / 16; ++kk) {
+  for (int kk = 0; kk < Shape::kBlockN / 16; ++kk) {
     const uint32_t a[4] = {pk[2 * kk][0], pk[2 * kk][1], pk[2 * kk + 1][0], pk[2 * kk + 1][1]};
 #pragma unroll
     for (int dt = 0; dt < D / 8; dt += 2) {
       uint32_t b[4];
-      ldmatrix_x4_trans(b, v_s + (kk * 16 + (lane & 15)) * kS + dt * 8 + (lane >> 4) * 8);
+      ldmatrix_x4_trans(b, v_s + Shape::v_frag(lane, kk, dt));
       H::mma(st.o[dt], a, b[0], b[1]);
       H::mma(st.o[dt + 1], a, b[2], b[3]);
     }
   }
+}
+
+// Attends the warp's 16 rows to one key tile in smem with mma.sync (all three stages).
+template <typename T, int D, bool kSwizzle>
+__device__ __forceinline__ void attend_tile(PartitionState<D>& st, const T* q_s, const T* k_s,
+                                            const T* v_s, int tile_key0, const int (&key_lo)[2],
+                                            const int (&key_hi)[2], float scale_log2, int lane,
+                                            bool all_visible) {
+  constexpr int kNT = TileShape<D>::kBlockN / 8;
+  float s[kNT][4];
+  uint32_t pk[kNT][2];
+  tile_scores<T, D, kSwizzle>(s, q_s, k_s, lane);
+  tile_softmax<T, D>(st, s, pk, tile_key0, key_lo, key_hi, scale_log2, lane, all_visible);
+  tile_pv<T, D, kSwizzle>(st, pk, v_s, lane);
+}
+
+// --- one warpgroup (4 warps, 64 rows), one key tile: Hopper's warpgroup MMA --------------------
+//
+// The same three stages for a walking CTA's 64 rows at once, with wgmma.mma_async (sm_90a,
+// head dim 128, 64-key tiles): scores as eight m64n64k16 steps (Q and K from smem), P V as four
+// m64n128k16 steps (P from registers, V from smem). Each warp's accumulator fragments are those
+// of mma.sync for its 16 rows, every element is the same chain of k16 steps from the same start,
+// and wgmma rounds like mma.sync (benchmarks/kernels/probe_wgmma_bits.cu: same bits on the H100
+// and the H200, for the raw instructions and for these tile functions),
+// so a row's bits match the mma.sync path's. All 128 threads must call it (a warp whose rows are
+// all masked computes an unchanged state); the softmax between the products is per warp.
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900 && defined(__CUDA_ARCH_FEAT_SM90_ALL)
+#define LLMCORE_ATTENTION_WGMMA 1
+#else
+#define LLMCORE_ATTENTION_WGMMA 0
+#endif
+
+// Shared-memory matrix descriptor of a tile in the 128-byte swizzle layout (TileShape): start
+// address, the leading and stride byte offsets, layout type 1 (128-byte swizzle) in bits 62-63.
+// The hardware swizzles absolute address bits, so the tile must start 1024-byte aligned; the
+// start may move within an atom (a k-step of a K-major operand). Per the PTX ISA's canonical
+// layouts (in 16-byte units T):
+//  * K-major (Q, K; rows m, columns k): ((8,m),(T,2k)) : ((8T,SBO),(1,T)): rows 128 bytes apart,
+//    SBO to the next 8 rows (kRowGroupBytes); the leading offset is unused.
+//  * MN-major (V: keys k, head-dim columns n contiguous): ((T,8,m),(8,k)) : ((1,T,LBO),(8T,SBO)):
+//    LBO to the next 64 columns (the next atom), SBO to the next 8 keys (kRowGroupBytes).
+__device__ __forceinline__ uint64_t smem_desc_sw128(const void* p, uint32_t lbo, uint32_t sbo) {
+  return static_cast<uint64_t>((smem_u32(p) >> 4) & 0x3fff) |
+         (static_cast<uint64_t>((lbo >> 4) & 0x3fff) << 16) |
+         (static_cast<uint64_t>((sbo >> 4) & 0x3fff) << 32) | (uint64_t{1} << 62);
+}
+
+__device__ __forceinline__ void wgmma_fence() {
+  asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
+}
+__device__ __forceinline__ void wgmma_commit_and_wait() {
+  asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
+  asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
+}
+// Pins accumulator registers at this point of the program: the warpgroup MMA writes them
+// asynchronously, and nothing else may read or move them between its issue and its wait.
+template <int N>
+__device__ __forceinline__ void pin_registers(float (&r)[N][4]) {
+#pragma unroll
+  for (int i = 0; i < N; ++i)
+#pragma unroll
+    for (int c = 0; c < 4; ++c) asm volatile("" : "+f"(r[i][c])::"memory");
+}
+
+// Generic-proxy writes to smem (cp.async, stores) made visible to the warpgroup MMA's reads.
+__device__ __forceinline__ void fence_proxy_async() {
+  asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+}
+
+template <typename T>
+struct Wgmma;
+
+#define LLMCORE_WGMMA_SS_M64N64K16(TYPE)                                                    \
+  __device__ static void scores(float (&d)[8][4], uint64_t desc_a, uint64_t desc_b) {       \
+    asm volatile(                                                                           \
+        "{\n.reg .pred p;\nsetp.ne.b32 p, 1, 0;\n"                                          \
+        "wgmma.mma_async.sync.aligned.m64n64k16.f32." TYPE "." TYPE                         \
+        " "                                                                                 \
+        "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "           \
+        "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, " \
+        "%32, %33, p, 1, 1, 0, 0;\n}\n"                                                     \
+        : "+f"(d[0][0]), "+f"(d[0][1]), "+f"(d[0][2]), "+f"(d[0][3]), "+f"(d[1][0]),        \
+          "+f"(d[1][1]), "+f"(d[1][2]), "+f"(d[1][3]), "+f"(d[2][0]), "+f"(d[2][1]),        \
+          "+f"(d[2][2]), "+f"(d[2][3]), "+f"(d[3][0]), "+f"(d[3][1]), "+f"(d[3][2]),        \
+          "+f"(d[3][3]), "+f"(d[4][0]), "+f"(d[4][1]), "+f"(d[4][2]), "+f"(d[4][3]),        \
+          "+f"(d[5][0]), "+f"(d[5][1]), "+f"(d[5][2]), "+f"(d[5][3]), "+f"(d[6][0]),        \
+          "+f"(d[6][1]), "+f"(d[6][2]), "+f"(d[6][3]), "+f"(d[7][0]), "+f"(d[7][1]),        \
+          "+f"(d[7][2]), "+f"(d[7][3])                                                      \
+        : "l"(desc_a), "l"(desc_b));                                                        \
+  }
+
+#define LLMCORE_WGMMA_RS_M64N128K16(TYPE)                                                   \
+  __device__ static void pv(float (&d)[16][4], const uint32_t (&a)[4], uint64_t desc_b) {   \
+    asm volatile(                                                                           \
+        "{\n.reg .pred p;\nsetp.ne.b32 p, 1, 0;\n"                                          \
+        "wgmma.mma_async.sync.aligned.m64n128k16.f32." TYPE "." TYPE                        \
+        " "                                                                                 \
+        "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "           \
+        "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "  \
+        "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "  \
+        "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, " \
+        "{%64, %65, %66, %67}, %68, p, 1, 1, 1;\n}\n"                                       \
+        : "+f"(d[0][0]), "+f"(d[0][1]), "+f"(d[0][2]), "+f"(d[0][3]), "+f"(d[1][0]),        \
+          "+f"(d[1][1]), "+f"(d[1][2]), "+f"(d[1][3]), "+f"(d[2][0]), "+f"(d[2][1]),        \
+          "+f"(d[2][2]), "+f"(d[2][3]), "+f"(d[3][0]), "+f"(d[3][1]), "+f"(d[3][2]),        \
+          "+f"(d[3][3]), "+f"(d[4][0]), "+f"(d[4][1]), "+f"(d[4][2]), "+f"(d[4][3]),        \
+          "+f"(d[5][0]), "+f"(d[5][1]), "+f"(d[5][2]), "+f"(d[5][3]), "+f"(d[6][0]),        \
+          "+f"(d[6][1]), "+f"(d[6][2]), "+f"(d[6][3]), "+f"(d[7][0]), "+f"(d[7][1]),        \
+          "+f"(d[7][2]), "+f"(d[7][3]), "+f"(d[8][0]), "+f"(d[8][1]), "+f"(d[8][2]),        \
+          "+f"(d[8][3]), "+f"(d[9][0]), "+f"(d[9][1]), "+f"(d[9][2]), "+f"(d[9][3]),        \
+          "+f"(d[10][0]), "+f"(d[10][1]), "+f"(d[10][2]), "+f"(d[10][3]), "+f"(d[11][0]),   \
+          "+f"(d[11][1]), "+f"(d[11][2]), "+f"(d[11][3]), "+f"(d[12][0]), "+f"(d[12][1]),   \
+          "+f"(d[12][2]), "+f"(d[12][3]), "+f"(d[13][0]), "+f"(d[13][1]), "+f"(d[13][2]),   \
+          "+f"(d[13][3]), "+f"(d[14][0]), "+f"(d[14][1]), "+f"(d[14][2]), "+f"(d[14][3]),   \
+          "+f"(d[15][0]), "+f"(d[15][1]), "+f"(d[15][2]), "+f"(d[15][3])                    \
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b));                         \
+  }
+
+template <>
+struct Wgmma<__nv_bfloat16> {
+  LLMCORE_WGMMA_SS_M64N64K16("bf16")
+  LLMCORE_WGMMA_RS_M64N128K16("bf16")
+};
+template <>
+struct Wgmma<__half> {
+  LLMCORE_WGMMA_SS_M64N64K16("f16")
+  LLMCORE_WGMMA_RS_M64N128K16("f16")
+};
+#undef LLMCORE_WGMMA_SS_M64N64K16
+#undef LLMCORE_WGMMA_RS_M64N128K16
+
+// The warpgroup version of attend_tile for head dim 128: q_s is the CTA's [64, D] Q tile (the
+// warp's rows are 16 * warp ..), k_s and v_s the key tile, all 1024-byte aligned; each warp
+// passes its own rows' ranges and all_visible.
+template <typename T, int D>
+__device__ __forceinline__ void attend_tile_wgmma(PartitionState<D>& st, const T* q_s, const T* k_s,
+                                                  const T* v_s, int tile_key0,
+                                                  const int (&key_lo)[2], const int (&key_hi)[2],
+                                                  float scale_log2, int lane, bool all_visible) {
+#if LLMCORE_ATTENTION_WGMMA
+  static_assert(D == 128 && TileShape<D>::kBlockN == 64, "warpgroup tiles: head dim 128, 64 keys");
+  using Shape = TileShape<D, true>;
+  const char* q_b = reinterpret_cast<const char*>(q_s);
+  const char* k_b = reinterpret_cast<const char*>(k_s);
+  const char* v_b = reinterpret_cast<const char*>(v_s);
+  float s[8][4];
+#pragma unroll
+  for (int nt = 0; nt < 8; ++nt)
+#pragma unroll
+    for (int c = 0; c < 4; ++c) s[nt][c] = 0.0f;
+  pin_registers(s);
+  wgmma_fence();
+#pragma unroll
+  for (int kd = 0; kd < D / 16; ++kd)
+    Wgmma<T>::scores(s, smem_desc_sw128(q_b + Shape::kstep_bytes(kd), 16, Shape::kRowGroupBytes),
+                     smem_desc_sw128(k_b + Shape::kstep_bytes(kd), 16, Shape::kRowGroupBytes));
+  wgmma_commit_and_wait();
+  pin_registers(s);
+
+  uint32_t pk[8][2];
+  tile_softmax<T, D>(st, s, pk, tile_key0, key_lo, key_hi, scale_log2, lane, all_visible);
+
+  pin_registers(st.o);
+  wgmma_fence();
+#pragma unroll
+  for (int kk = 0; kk < 4; ++kk) {
+    const uint32_t a[4] = {pk[2 * kk][0], pk[2 * kk][1], pk[2 * kk + 1][0], pk[2 * kk + 1][1]};
+    Wgmma<T>::pv(
+        st.o, a,
+        smem_desc_sw128(v_b + Shape::key_step_bytes(kk), Shape::kAtomBytes, Shape::kRowGroupBytes));
+  }
+  wgmma_commit_and_wait();
+  pin_registers(st.o);
+#else
+  (void)st, (void)q_s, (void)k_s, (void)v_s, (void)tile_key0, (void)key_lo, (void)key_hi,
+      (void)scale_log2, (void)lane, (void)all_visible;
+  __trap();  // callers check LLMCORE_ATTENTION_WGMMA
+#endif
 }
 
 }  // namespace llmcore::kernels::attention_detail
