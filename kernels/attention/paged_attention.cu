@@ -7,8 +7,8 @@
 // in partitions of kPartition keys (aligned too). A "walking" CTA (4 warps, 64 rows) visits
 // all partitions of its rows; a decode row whose keys span several partitions is "split": one
 // CTA (1 warp, 16 rows) per partition, then a combine kernel (CtaShape in the .cuh). For head
-// dim 128 the walking CTAs of prompts run in a kernel of their own, on Hopper's warpgroup MMA
-// (kSeparateLongWalk).
+// dim 128 the walking CTAs of prompts run in a kernel of their own (8 warps, 128 rows), on
+// Hopper's warpgroup MMA (kSeparateLongWalk).
 //
 // Why a row's bits do not depend on the batch, the chunking or the prefix cache:
 //  * mma rows are independent: a score or output row depends only on its own Q row and K/V.
@@ -43,9 +43,10 @@ namespace {
 using namespace attention_detail;
 
 // Walking CTAs of head dim 128 run in two kernels: one for "long" sequences (more than 16 rows:
-// prompts and prompt chunks), whose tiles are swizzled for the warpgroup MMA (sm_90a), and one
-// for the rest (decode rows), with the padded tiles and the registers of the mma.sync path
-// alone. Other head dims walk in one kernel (kLong false). Either way a row gets the same bits.
+// prompts and prompt chunks), CTAs of two warpgroups and 128 rows whose tiles are swizzled for
+// the warpgroup MMA (sm_90a), and one for the rest (decode rows), with the padded tiles and the
+// registers of the mma.sync path alone. Other head dims walk in one kernel (kLong false). Either
+// way a row gets the same bits.
 template <int D>
 constexpr bool kSeparateLongWalk = D == 128;
 __device__ __forceinline__ bool is_long_seq(int query_len, int group) {
@@ -60,7 +61,8 @@ __device__ __forceinline__ bool is_long_seq(int query_len, int group) {
 //               blockIdx.x for 16 of a split sequence's query heads and writes its state to
 //               part_out / part_ml.
 template <typename T, int D, bool kSplit, bool kLong>
-__global__ void __launch_bounds__(CtaShape<kSplit>::kThreads, CtaShape<kSplit>::min_blocks(D))
+__global__ void __launch_bounds__(CtaShape<kSplit, kLong>::kThreads,
+                                  CtaShape<kSplit, kLong>::min_blocks(D))
     PagedAttentionKernel(const Params p) {
   static_assert(!kLong || (!kSplit && kSeparateLongWalk<D>), "long walking CTAs: head dim 128");
   // A walking CTA lets the next kernel launch at once: the split kernel, or o_proj's decode GEMM,
@@ -69,7 +71,7 @@ __global__ void __launch_bounds__(CtaShape<kSplit>::kThreads, CtaShape<kSplit>::
   if constexpr (!kSplit) pdl_launch_dependents();
   using Shape = TileShape<D, kLong>;  // swizzled for the warpgroup MMA
   constexpr bool kSwizzle = Shape::kSwizzled;
-  using Cta = CtaShape<kSplit>;
+  using Cta = CtaShape<kSplit, kLong>;
   using H = HalfType<T>;
   constexpr int kN = Shape::kBlockN, kChunks = Shape::kChunks;
   constexpr int kRows = Cta::kRows, kThreads = Cta::kThreads, kStages = Cta::kStages;
@@ -83,6 +85,8 @@ __global__ void __launch_bounds__(CtaShape<kSplit>::kThreads, CtaShape<kSplit>::
   // Per stage, where key n of the tile starts in either cache (elements), or kNoKey / kBadBlock.
   int64_t* key_off_s = reinterpret_cast<int64_t*>(v_s + kStages * kKVElems);  // [kStages, kN]
   constexpr int64_t kNoKey = -1, kBadBlock = -2;
+  // Long CTAs: the fold of finished partitions, thread-private, [D / 2 values][kThreads].
+  float* run_o_s = reinterpret_cast<float*>(key_off_s + kStages * kN);
 
   int seq, kv_head, part = 0;
   int64_t tile;
@@ -95,9 +99,9 @@ __global__ void __launch_bounds__(CtaShape<kSplit>::kThreads, CtaShape<kSplit>::
     // Slots from the last: a sequence's last row tiles see the most keys, and started first they
     // leave the short ones to fill the tail of the grid (4096-token prompt 164 -> 183 TFLOP/s).
     const int64_t slot = static_cast<int64_t>(gridDim.x) - 1 - blockIdx.x;
-    seq = find_slot_seq(p, slot);
+    seq = find_slot_seq<kRows>(p, slot);
     kv_head = blockIdx.y;
-    tile = slot - tile_slot_begin(p, seq);
+    tile = slot - tile_slot_begin<kRows>(p, seq);
   }
   // Until pdl_wait() the CTA reads only the step's metadata, which no kernel writes; every CTA
   // waits before it exits, so this grid ends after the kernel before it (common/pdl.cuh).
@@ -132,12 +136,16 @@ __global__ void __launch_bounds__(CtaShape<kSplit>::kThreads, CtaShape<kSplit>::
   const int t_end = key_lo < key_hi ? (key_hi + kN - 1) / kN : t_begin;
 
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  // Walking CTAs of more than 16 rows (prompt chunks) attend with the warpgroup MMA where the
-  // build targets sm_90a (head dim 128); the rest, decode rows among them, with mma.sync. Both
-  // give the same bits (paged_attention_tile.cuh).
-  constexpr bool kWgmmaShape = kSwizzle && LLMCORE_ATTENTION_WGMMA;
-  const bool use_wgmma = kWgmmaShape && row_end - row_begin > 16;
-  if (use_wgmma && (smem_u32(smem) & 1023) != 0) __trap();  // the descriptors' swizzle needs it
+  // Long CTAs attend with the warpgroup MMA where the build targets sm_90a, each warpgroup its 64
+  // rows; the rest with mma.sync, per warp. Both give the same bits (paged_attention_tile.cuh).
+  constexpr bool kWgmma = kLong && LLMCORE_ATTENTION_WGMMA;
+  if (kWgmma && (smem_u32(smem) & 1023) != 0) __trap();  // the descriptors' swizzle needs it
+  // The warpgroup's rows and the keys they can see ([wg_key_lo, wg_key_hi)): tiles outside are
+  // skipped (they would leave the rows' state unchanged).
+  const int wg_row_begin = row_begin + (warp / 4) * 64;
+  const bool wg_active = wg_row_begin < row_end;
+  const int wg_key_lo = wg_active ? first_key_of(pos0 + wg_row_begin / group, window) : 0;
+  const int wg_key_hi = wg_active ? pos0 + (min(row_end, wg_row_begin + 64) - 1) / group + 1 : 0;
   const int warp_row_begin = row_begin + warp * 16;
   const bool warp_active = warp_row_begin < row_end;
   const int warp_row_end = min(row_end, warp_row_begin + 16);
@@ -234,12 +242,18 @@ __global__ void __launch_bounds__(CtaShape<kSplit>::kThreads, CtaShape<kSplit>::
   PartitionState<D> st;  // the partition being computed
   st.reset();
   // The fold of the finished partitions (walking CTAs only).
-  float run_o[kSplit ? 1 : D / 8][4], run_m[2], run_l[2];
+  float run_o_r[kSplit || kLong ? 1 : D / 8][4], run_m[2], run_l[2];
+  auto run_o = [&](int dt, int c) -> float& {
+    if constexpr (kLong)
+      return run_o_s[(dt * 4 + c) * kThreads + threadIdx.x];
+    else
+      return run_o_r[dt][c];
+  };
   if constexpr (!kSplit) {
 #pragma unroll
     for (int dt = 0; dt < D / 8; ++dt)
 #pragma unroll
-      for (int c = 0; c < 4; ++c) run_o[dt][c] = 0.0f;
+      for (int c = 0; c < 4; ++c) run_o(dt, c) = 0.0f;
 #pragma unroll
     for (int i = 0; i < 2; ++i) {
       run_m[i] = -INFINITY;
@@ -272,7 +286,7 @@ __global__ void __launch_bounds__(CtaShape<kSplit>::kThreads, CtaShape<kSplit>::
       cp_async_commit();
       cp_async_wait<0>();
     }
-    if (use_wgmma) fence_proxy_async();  // this tile's smem, as the warpgroup MMA reads it
+    if constexpr (kWgmma) fence_proxy_async();  // this tile's smem, as the warpgroup MMA reads it
     __syncthreads();
     // The table entries of tile t + 2 (two stages; tile t + 1's were located an iteration ago)
     // or t + 1 (one stage), read now and stored after the tile's math.
@@ -280,12 +294,14 @@ __global__ void __launch_bounds__(CtaShape<kSplit>::kThreads, CtaShape<kSplit>::
     const int64_t next_block = t_next < t_end ? key_block(t_next) : kOutside;
 
     const bool all_visible = t * kN >= warp_all_lo && t * kN + kN - 1 <= warp_all_hi;
-    if constexpr (kWgmmaShape) {
-      if (use_wgmma)  // every warp: a tile masked for a warp's rows leaves their state unchanged
-        attend_tile_wgmma<T, D>(st, q_s, k_s + stage * kKVElems, v_s + stage * kKVElems, t * kN,
-                                row_key_lo, row_key_hi, p.scale_log2, lane, all_visible);
-    }
-    if (!use_wgmma && warp_active && t * kN < warp_key_hi && (t + 1) * kN > warp_key_lo)
+    if constexpr (kWgmma) {
+      // Every warp of the warpgroup (warpgroup-uniform condition): a tile masked for some of
+      // their rows leaves those rows' state unchanged.
+      if (wg_active && t * kN < wg_key_hi && (t + 1) * kN > wg_key_lo)
+        attend_tile_wgmma<T, D>(st, q_s + Shape::off((warp / 4) * 64, 0), k_s + stage * kKVElems,
+                                v_s + stage * kKVElems, t * kN, row_key_lo, row_key_hi,
+                                p.scale_log2, lane, all_visible);
+    } else if (warp_active && t * kN < warp_key_hi && (t + 1) * kN > warp_key_lo)
       attend_tile<T, D, kSwizzle>(st, q_s + Shape::off(warp * 16, 0), k_s + stage * kKVElems,
                                   v_s + stage * kKVElems, t * kN, row_key_lo, row_key_hi,
                                   p.scale_log2, lane, all_visible);
@@ -322,7 +338,7 @@ __global__ void __launch_bounds__(CtaShape<kSplit>::kThreads, CtaShape<kSplit>::
           for (int dt = 0; dt < D / 8; ++dt)
 #pragma unroll
             for (int c = 2 * i; c < 2 * i + 2; ++c)
-              run_o[dt][c] = fold_value(run_o[dt][c], w_run, st.o[dt][c], w_part);
+              run_o(dt, c) = fold_value(run_o(dt, c), w_run, st.o[dt][c], w_part);
         }
       }
       st.reset();
@@ -346,8 +362,8 @@ __global__ void __launch_bounds__(CtaShape<kSplit>::kThreads, CtaShape<kSplit>::
       T* dst = out + token * p.num_heads * D + static_cast<int64_t>(head) * D;
 #pragma unroll
       for (int dt = 0; dt < D / 8; ++dt)
-        *reinterpret_cast<typename H::T2*>(dst + dt * 8 + q * 2) = H::pair(
-            finalize(run_o[dt][2 * i], run_l[i]), finalize(run_o[dt][2 * i + 1], run_l[i]));
+        *reinterpret_cast<typename H::T2*>(dst + dt * 8 + q * 2) =
+            H::pair(finalize(run_o(dt, 2 * i), run_l[i]), finalize(run_o(dt, 2 * i + 1), run_l[i]));
     }
   }
 }
@@ -406,8 +422,10 @@ void check_device_tensor(const Tensor& t, const char* what, DType dtype, const S
 // device (an attribute per device and function: set once per device, under 64 devices).
 template <typename T, int D, bool kSplit, bool kLong>
 size_t prepare() {
-  using Cta = CtaShape<kSplit>;
-  const size_t smem = TileShape<D, kLong>::smem_bytes(Cta::kRows, Cta::kStages, sizeof(T));
+  using Cta = CtaShape<kSplit, kLong>;
+  // Tiles, then (long CTAs) the fold of finished partitions: D / 2 floats per thread.
+  const size_t smem = TileShape<D, kLong>::smem_bytes(Cta::kRows, Cta::kStages, sizeof(T)) +
+                      (kLong ? static_cast<size_t>(Cta::kThreads) * (D / 2) * sizeof(float) : 0);
   static std::atomic<uint64_t> done_devices{0};
   int device = 0;
   LLMCORE_CUDA_CHECK(cudaGetDevice(&device));
@@ -425,20 +443,25 @@ size_t prepare() {
 template <typename T, int D>
 void launch(const Params& p, int64_t num_tokens, const AttentionMetadata& meta,
             cudaStream_t stream) {
-  // Walking slots: sum over s of (floor(qsl[s+1] g / 64) - floor(qsl[s] g / 64) + 1).
-  const int64_t slots = num_tokens * p.group / kBlockM + p.num_seqs;
-  LLMCORE_CHECK(slots <= 0x7fffffff, "paged_attention: ", slots, " query tiles exceed the grid");
-  const dim3 walk_grid(static_cast<unsigned>(slots), p.num_kv_heads);
+  // Walking slots of CTAs of m rows: sum over s of (floor(qsl[s+1] g / m) - floor(qsl[s] g / m)
+  // + 1).
+  const auto walk_grid = [&](int m) {
+    const int64_t slots = num_tokens * p.group / m + p.num_seqs;
+    LLMCORE_CHECK(slots <= 0x7fffffff, "paged_attention: ", slots, " query tiles exceed the grid");
+    return dim3(static_cast<unsigned>(slots), p.num_kv_heads);
+  };
   const bool any_long = static_cast<int64_t>(meta.max_query_len) * p.group > kSplitRows;
   const bool any_short = static_cast<int64_t>(meta.min_query_len) * p.group <= kSplitRows;
-  if (kSeparateLongWalk<D> && any_long) {
-    const size_t smem = prepare<T, D, false, kSeparateLongWalk<D>>();
-    launch_with_pdl(PagedAttentionKernel<T, D, false, kSeparateLongWalk<D>>, walk_grid,
-                    dim3(CtaShape<false>::kThreads), smem, stream, p);
+  if constexpr (kSeparateLongWalk<D>) {
+    if (any_long) {
+      const size_t smem = prepare<T, D, false, true>();
+      launch_with_pdl(PagedAttentionKernel<T, D, false, true>, walk_grid(kLongBlockM),
+                      dim3(CtaShape<false, true>::kThreads), smem, stream, p);
+    }
   }
   if (!kSeparateLongWalk<D> || any_short) {
     const size_t smem = prepare<T, D, false, false>();
-    launch_with_pdl(PagedAttentionKernel<T, D, false, false>, walk_grid,
+    launch_with_pdl(PagedAttentionKernel<T, D, false, false>, walk_grid(kBlockM),
                     dim3(CtaShape<false>::kThreads), smem, stream, p);
   }
   if (p.max_partitions > 1) {

@@ -27,13 +27,17 @@ constexpr int kPartition = kPagedAttentionPartitionSize;
 // a key tile as one unit, so a row's bits are the same whichever CTA shape it runs in.
 //  * walking CTAs (kSplit false): 4 warps, 64 rows of one sequence, all partitions of their
 //    keys, K/V double-buffered.
+//  * long walking CTAs (kLong: prompts of head dim 128, paged_attention.cu): 8 warps (two
+//    warpgroups), 128 rows, sharing each K/V tile; 1 CTA per SM, the fold of finished partitions
+//    kept in shared memory, which leaves the registers to the warpgroup MMA.
 //  * split CTAs (kSplit true): one partition of one decode row's group of query heads (16 of
 //    them per CTA). Only warp 0 computes; all 4 warps look up blocks and issue the K/V copies,
 //    and the 16-row Q tile and the absent running fold let 3 CTAs share an SM (decode is bound
 //    by reading K/V; measured best of 1/2/4 warps x 1/2 stages on an H200).
-template <bool kSplit>
+template <bool kSplit, bool kLong = false>
 struct CtaShape {
-  static constexpr int kWarps = 4;
+  static_assert(!(kSplit && kLong), "split CTAs are decode rows");
+  static constexpr int kWarps = kLong ? 8 : 4;
   static constexpr int kThreads = kWarps * 32;
   static constexpr int kRows = kSplit ? 16 : kWarps * 16;
   static constexpr int kStages = 2;
@@ -43,6 +47,7 @@ struct CtaShape {
   static constexpr int min_blocks(int head_dim) { return kSplit && head_dim <= 128 ? 3 : 1; }
 };
 constexpr int kBlockM = CtaShape<false>::kRows;  // rows per walking CTA
+constexpr int kLongBlockM = CtaShape<false, true>::kRows;  // rows per long walking CTA
 constexpr int kSplitRows = CtaShape<true>::kRows;  // rows per split CTA
 constexpr int kCombineThreads = 128;
 
@@ -156,18 +161,23 @@ __device__ __forceinline__ bool is_split_seq(int query_len, int seq_len, int win
   return last > first_key_of(pos, window) / kPartition && last < max_partitions;
 }
 
-// First walking grid slot of sequence s: floor(query_start_loc[s] * group / kBlockM) + s.
-// Sequence s owns slots [slot(s), slot(s + 1)), at least ceil(query_len * group / kBlockM).
+// First walking grid slot of sequence s for CTAs of kM rows: floor(query_start_loc[s] * group /
+// kM) + s. Sequence s owns slots [slot(s), slot(s + 1)), at least ceil(query_len * group / kM).
+template <int kM>
 __device__ __forceinline__ int64_t tile_slot_begin(const Params& p, int s) {
-  return static_cast<int64_t>(p.query_start_loc[s]) * p.group / kBlockM + s;
+  return static_cast<int64_t>(p.query_start_loc[s]) * p.group / kM + s;
 }
 
 // The sequence owning walking grid slot `slot`: the last s with tile_slot_begin(s) <= slot.
+template <int kM>
 __device__ __forceinline__ int find_slot_seq(const Params& p, int64_t slot) {
   int lo = 0, hi = p.num_seqs - 1;
   while (lo < hi) {
     const int mid = (lo + hi + 1) / 2;
-    if (tile_slot_begin(p, mid) <= slot) lo = mid; else hi = mid - 1;
+    if (tile_slot_begin<kM>(p, mid) <= slot)
+      lo = mid;
+    else
+      hi = mid - 1;
   }
   return lo;
 }
