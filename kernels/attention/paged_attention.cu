@@ -30,6 +30,7 @@
 #include <atomic>
 #include <cmath>
 #include <cstdint>
+#include <type_traits>
 
 #include "kernels/attention/attention.h"
 #include "kernels/attention/paged_attention_tile.cuh"
@@ -140,12 +141,6 @@ __global__ void __launch_bounds__(CtaShape<kSplit, kLong>::kThreads,
   // rows; the rest with mma.sync, per warp. Both give the same bits (paged_attention_tile.cuh).
   constexpr bool kWgmma = kLong && LLMCORE_ATTENTION_WGMMA;
   if (kWgmma && (smem_u32(smem) & 1023) != 0) __trap();  // the descriptors' swizzle needs it
-  // The warpgroup's rows and the keys they can see ([wg_key_lo, wg_key_hi)): tiles outside are
-  // skipped (they would leave the rows' state unchanged).
-  const int wg_row_begin = row_begin + (warp / 4) * 64;
-  const bool wg_active = wg_row_begin < row_end;
-  const int wg_key_lo = wg_active ? first_key_of(pos0 + wg_row_begin / group, window) : 0;
-  const int wg_key_hi = wg_active ? pos0 + (min(row_end, wg_row_begin + 64) - 1) / group + 1 : 0;
   const int warp_row_begin = row_begin + warp * 16;
   const bool warp_active = warp_row_begin < row_end;
   const int warp_row_end = min(row_end, warp_row_begin + 16);
@@ -261,51 +256,9 @@ __global__ void __launch_bounds__(CtaShape<kSplit, kLong>::kThreads,
     }
   }
 
-  // Pipeline: the offsets of tile t + 1 are published by the barrier that ends iteration t
-  // (or the prologue's), its copies are issued before tile t is computed (two stages) or at
-  // the start of iteration t + 1 (one stage).
-  if (t_begin < t_end) locate_keys(t_begin, 0);
-  if (kStages == 2 && t_begin + 1 < t_end) locate_keys(t_begin + 1, 1);
-  pdl_wait();  // q and this step's keys and values come from the kernels before
-  load_q();
-  __syncthreads();
-  if (kStages == 2 && t_begin < t_end) load_kv(0);
-  cp_async_commit();
-  for (int t = t_begin; t < t_end; ++t) {
-    const int stage = kStages == 2 ? (t - t_begin) & 1 : 0;
-    if constexpr (kStages == 2) {
-      if (t + 1 < t_end) {
-        load_kv(stage ^ 1);
-        cp_async_commit();
-        cp_async_wait<1>();
-      } else {
-        cp_async_wait<0>();
-      }
-    } else {
-      load_kv(0);
-      cp_async_commit();
-      cp_async_wait<0>();
-    }
-    if constexpr (kWgmma) fence_proxy_async();  // this tile's smem, as the warpgroup MMA reads it
-    __syncthreads();
-    // The table entries of tile t + 2 (two stages; tile t + 1's were located an iteration ago)
-    // or t + 1 (one stage), read now and stored after the tile's math.
-    const int t_next = kStages == 2 ? t + 2 : t + 1;
-    const int64_t next_block = t_next < t_end ? key_block(t_next) : kOutside;
-
-    const bool all_visible = t * kN >= warp_all_lo && t * kN + kN - 1 <= warp_all_hi;
-    if constexpr (kWgmma) {
-      // Every warp of the warpgroup (warpgroup-uniform condition): a tile masked for some of
-      // their rows leaves those rows' state unchanged.
-      if (wg_active && t * kN < wg_key_hi && (t + 1) * kN > wg_key_lo)
-        attend_tile_wgmma<T, D>(st, q_s + Shape::off((warp / 4) * 64, 0), k_s + stage * kKVElems,
-                                v_s + stage * kKVElems, t * kN, row_key_lo, row_key_hi,
-                                p.scale_log2, lane, all_visible);
-    } else if (warp_active && t * kN < warp_key_hi && (t + 1) * kN > warp_key_lo)
-      attend_tile<T, D, kSwizzle>(st, q_s + Shape::off(warp * 16, 0), k_s + stage * kKVElems,
-                                  v_s + stage * kKVElems, t * kN, row_key_lo, row_key_hi,
-                                  p.scale_log2, lane, all_visible);
-
+  // The end of tile t's math, per warp: a finished partition is folded into the running state
+  // (walking CTAs) or written to the workspace (split CTAs).
+  auto finish_tile = [&](int t) {
     const bool partition_done = t + 1 == t_end || ((t + 1) * kN) % kPartition == 0;
     if (warp_active && partition_done) {
       float l_sum[2];
@@ -343,9 +296,114 @@ __global__ void __launch_bounds__(CtaShape<kSplit, kLong>::kThreads,
       }
       st.reset();
     }
-    // Into a slot whose copies have all been issued.
-    if (t_next < t_end) store_key(t_next, next_block, kStages == 2 ? stage : 0);
-    __syncthreads();  // the next iteration's copies overwrite this stage
+  };
+
+  if constexpr (kWgmma) {
+    // Long CTAs on the warpgroup MMA, three K/V stages: in iteration t, tiles t and t + 1 are in
+    // smem and tile t + 2 is being copied; the scores of tile t + 1 are issued before tile t's
+    // softmax and run beside it. Table entries: tile t + 3's are read in iteration t and stored
+    // into tile t's slot after its math; the barrier that ends the iteration publishes them.
+    static_assert(kStages == 3, "three stages");
+    // No branch may surround a warpgroup MMA or its wait (ptxas would serialize them), so every
+    // warpgroup attends every tile of the CTA (a tile masked for some of its rows, or a
+    // warpgroup without rows, leaves those rows' state unchanged), and the last tile is peeled.
+    const T* q_wg = q_s + Shape::off((warp / 4) * 64, 0);
+#pragma unroll
+    for (int i = 0; i < 3; ++i)
+      if (t_begin + i < t_end) locate_keys(t_begin + i, i);
+    pdl_wait();  // q and this step's keys and values come from the kernels before
+    load_q();
+    __syncthreads();
+    load_kv(0);  // a long CTA's rows always see a key: t_begin < t_end
+    cp_async_commit();
+    if (t_begin + 1 < t_end) load_kv(1);
+    cp_async_commit();
+    cp_async_wait<1>();  // Q and tile t_begin
+    fence_proxy_async();
+    __syncthreads();
+    float s_cur[8][4];  // the scores of tile t, issued an iteration ahead
+    wgmma_scores_issue<T, D>(s_cur, q_wg, k_s);
+    const auto attend = [&](int t, auto has_next) {
+      constexpr bool kNext = decltype(has_next)::value;
+      const int stage = (t - t_begin) % 3;
+      if (t + 2 < t_end) load_kv((t + 2 - t_begin) % 3);
+      cp_async_commit();
+      cp_async_wait<1>();   // tile t + 1
+      fence_proxy_async();  // its smem, as the warpgroup MMA reads it
+      __syncthreads();
+      const int64_t next_block = t + 3 < t_end ? key_block(t + 3) : kOutside;
+      float s_next[8][4];
+      if constexpr (kNext) {
+        wgmma_scores_issue<T, D>(s_next, q_wg, k_s + ((t + 1 - t_begin) % 3) * kKVElems);
+        wgmma_wait<1>();  // tile t's scores
+      } else {
+        wgmma_wait<0>();
+      }
+      pin_registers(s_cur);
+      uint32_t pk[8][2];
+      const bool all_visible = t * kN >= warp_all_lo && t * kN + kN - 1 <= warp_all_hi;
+      tile_softmax<T, D>(st, s_cur, pk, t * kN, row_key_lo, row_key_hi, p.scale_log2, lane,
+                         all_visible);
+      wgmma_pv_issue<T, D>(st, pk, v_s + stage * kKVElems);
+      wgmma_wait<0>();
+      pin_registers(st.o);
+      if constexpr (kNext) {
+        pin_registers(s_next);
+#pragma unroll
+        for (int nt = 0; nt < 8; ++nt)
+#pragma unroll
+          for (int c = 0; c < 4; ++c) s_cur[nt][c] = s_next[nt][c];
+      }
+      finish_tile(t);
+      if (t + 3 < t_end) store_key(t + 3, next_block, stage);
+      __syncthreads();  // the next iteration's copies overwrite tile t's stage and slot
+    };
+    for (int t = t_begin; t + 1 < t_end; ++t) attend(t, std::true_type{});
+    attend(t_end - 1, std::false_type{});
+  } else {
+    // Pipeline: the offsets of tile t + 1 are published by the barrier that ends iteration t
+    // (or the prologue's), its copies are issued before tile t is computed (two stages) or at
+    // the start of iteration t + 1 (one stage).
+    if (t_begin < t_end) locate_keys(t_begin, 0);
+    if (kStages == 2 && t_begin + 1 < t_end) locate_keys(t_begin + 1, 1);
+    pdl_wait();  // q and this step's keys and values come from the kernels before
+    load_q();
+    __syncthreads();
+    if (kStages == 2 && t_begin < t_end) load_kv(0);
+    cp_async_commit();
+    for (int t = t_begin; t < t_end; ++t) {
+      const int stage = kStages == 2 ? (t - t_begin) & 1 : 0;
+      if constexpr (kStages == 2) {
+        if (t + 1 < t_end) {
+          load_kv(stage ^ 1);
+          cp_async_commit();
+          cp_async_wait<1>();
+        } else {
+          cp_async_wait<0>();
+        }
+      } else {
+        load_kv(0);
+        cp_async_commit();
+        cp_async_wait<0>();
+      }
+      __syncthreads();
+      // The table entries of tile t + 2 (two stages; tile t + 1's were located an iteration ago)
+      // or t + 1 (one stage), read now and stored after the tile's math.
+      const int t_next = kStages == 2 ? t + 2 : t + 1;
+      const int64_t next_block = t_next < t_end ? key_block(t_next) : kOutside;
+
+      const bool all_visible = t * kN >= warp_all_lo && t * kN + kN - 1 <= warp_all_hi;
+      if (warp_active && t * kN < warp_key_hi && (t + 1) * kN > warp_key_lo)
+        attend_tile<T, D, kSwizzle>(st, q_s + Shape::off(warp * 16, 0), k_s + stage * kKVElems,
+                                    v_s + stage * kKVElems, t * kN, row_key_lo, row_key_hi,
+                                    p.scale_log2, lane, all_visible);
+
+      finish_tile(t);
+
+      // Into a slot whose copies have all been issued.
+      if (t_next < t_end) store_key(t_next, next_block, kStages == 2 ? stage : 0);
+      __syncthreads();  // the next iteration's copies overwrite this stage
+    }
   }
   cp_async_wait<0>();  // no copy may be in flight at exit (t_begin == t_end: the Q tile)
 
@@ -420,15 +478,28 @@ void check_device_tensor(const Tensor& t, const char* what, DType dtype, const S
 
 // The kernel's dynamic shared memory bytes, after raising its limit to that on the current
 // device (an attribute per device and function: set once per device, under 64 devices).
+// The compute capability's major number of `device` (< 64), queried once per device.
+int cc_major(int device) {
+  static std::atomic<int> majors[64];  // 0: not queried yet
+  int m = device < 64 ? majors[device].load(std::memory_order_relaxed) : 0;
+  if (m == 0) {
+    LLMCORE_CUDA_CHECK(cudaDeviceGetAttribute(&m, cudaDevAttrComputeCapabilityMajor, device));
+    if (device < 64) majors[device].store(m, std::memory_order_relaxed);
+  }
+  return m;
+}
+
 template <typename T, int D, bool kSplit, bool kLong>
 size_t prepare() {
   using Cta = CtaShape<kSplit, kLong>;
-  // Tiles, then (long CTAs) the fold of finished partitions: D / 2 floats per thread.
-  const size_t smem = TileShape<D, kLong>::smem_bytes(Cta::kRows, Cta::kStages, sizeof(T)) +
-                      (kLong ? static_cast<size_t>(Cta::kThreads) * (D / 2) * sizeof(float) : 0);
-  static std::atomic<uint64_t> done_devices{0};
   int device = 0;
   LLMCORE_CUDA_CHECK(cudaGetDevice(&device));
+  // Tiles, then (long CTAs) the fold of finished partitions: D / 2 floats per thread. Long CTAs
+  // have the stages of the code that runs on the device (kStages is that of the host pass).
+  const int stages = kLong ? long_stages_for(cc_major(device)) : Cta::kStages;
+  const size_t smem = TileShape<D, kLong>::smem_bytes(Cta::kRows, stages, sizeof(T)) +
+                      (kLong ? static_cast<size_t>(Cta::kThreads) * (D / 2) * sizeof(float) : 0);
+  static std::atomic<uint64_t> done_devices{0};
   const uint64_t bit = device < 64 ? uint64_t{1} << device : 0;
   if (bit == 0 || (done_devices.load(std::memory_order_acquire) & bit) == 0) {
     LLMCORE_CUDA_CHECK(cudaFuncSetAttribute(PagedAttentionKernel<T, D, kSplit, kLong>,

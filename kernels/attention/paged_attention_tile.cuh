@@ -23,13 +23,27 @@ namespace llmcore::kernels::attention_detail {
 
 constexpr int kPartition = kPagedAttentionPartitionSize;
 
+// Device code for sm_90a: Hopper's warpgroup MMA (prompt CTAs of head dim 128).
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900 && defined(__CUDA_ARCH_FEAT_SM90_ALL)
+#define LLMCORE_ATTENTION_WGMMA 1
+#else
+#define LLMCORE_ATTENTION_WGMMA 0
+#endif
+
+// K/V stages of long walking CTAs: three where the warpgroup MMA runs (the scores of the next
+// tile are computed while this one's softmax runs; 193 KB of smem, which sm_90 has), else two.
+// Host code sizes shared memory by the device's compute capability (long_stages_for).
+constexpr int kLongStagesWgmma = 3;
+constexpr int long_stages_for(int cc_major) { return cc_major >= 9 ? kLongStagesWgmma : 2; }
+
 // The CTA of each kernel mode. A warp owns 16 query rows (one mma row tile) and attends them to
 // a key tile as one unit, so a row's bits are the same whichever CTA shape it runs in.
 //  * walking CTAs (kSplit false): 4 warps, 64 rows of one sequence, all partitions of their
 //    keys, K/V double-buffered.
 //  * long walking CTAs (kLong: prompts of head dim 128, paged_attention.cu): 8 warps (two
 //    warpgroups), 128 rows, sharing each K/V tile; 1 CTA per SM, the fold of finished partitions
-//    kept in shared memory, which leaves the registers to the warpgroup MMA.
+//    kept in shared memory, which leaves the registers to the warpgroup MMA; three K/V stages
+//    where that runs.
 //  * split CTAs (kSplit true): one partition of one decode row's group of query heads (16 of
 //    them per CTA). Only warp 0 computes; all 4 warps look up blocks and issue the K/V copies,
 //    and the 16-row Q tile and the absent running fold let 3 CTAs share an SM (decode is bound
@@ -40,7 +54,7 @@ struct CtaShape {
   static constexpr int kWarps = kLong ? 8 : 4;
   static constexpr int kThreads = kWarps * 32;
   static constexpr int kRows = kSplit ? 16 : kWarps * 16;
-  static constexpr int kStages = 2;
+  static constexpr int kStages = kLong && LLMCORE_ATTENTION_WGMMA ? kLongStagesWgmma : 2;
   // CTAs per SM the registers must allow: 3 split CTAs up to head dim 128 (decode is bound by
   // the loads in flight; 2 would cost a third of the bandwidth); walking CTAs are held to 2 per
   // SM by shared memory anyway.
@@ -61,9 +75,9 @@ constexpr int kCombineThreads = 128;
 //    (64 elements); an atom is 8 rows x one column block (1024 bytes, rows 128 bytes apart), the
 //    atoms of a row group follow each other, then the next row group; within an atom, chunk c
 //    of row r is stored at chunk c ^ (r % 8). The warpgroup MMA reads this through a descriptor
-//    (attend_tile_wgmma; tiles start 1024-byte aligned), ldmatrix reads 8 rows of one chunk
-//    from 8 distinct bank groups, and the loaders' 8 consecutive chunks of a row land in 8
-//    distinct bank groups, while each warp reads whole rows of the cache (full 128-byte lines).
+//    (wgmma_scores_issue, wgmma_pv_issue; tiles start 1024-byte aligned), ldmatrix reads 8 rows of
+//    one chunk from 8 distinct bank groups, and the loaders' 8 consecutive chunks of a row land in
+//    8 distinct bank groups, while each warp reads whole rows of the cache (full 128-byte lines).
 //  * otherwise: rows padded to D + 8 elements, which spreads 8 rows over the banks; fewer index
 //    registers than the swizzle, which keeps the split (decode) CTAs at 3 per SM.
 template <int D, bool kSwizzle = false>
@@ -472,11 +486,6 @@ __device__ __forceinline__ void attend_tile(PartitionState<D>& st, const T* q_s,
 // and the H200, for the raw instructions and for these tile functions),
 // so a row's bits match the mma.sync path's. All 128 threads must call it (a warp whose rows are
 // all masked computes an unchanged state); the softmax between the products is per warp.
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900 && defined(__CUDA_ARCH_FEAT_SM90_ALL)
-#define LLMCORE_ATTENTION_WGMMA 1
-#else
-#define LLMCORE_ATTENTION_WGMMA 0
-#endif
 
 // Shared-memory matrix descriptor of a tile in the 128-byte swizzle layout (TileShape): start
 // address, the leading and stride byte offsets, layout type 1 (128-byte swizzle) in bits 62-63.
@@ -495,10 +504,6 @@ __device__ __forceinline__ uint64_t smem_desc_sw128(const void* p, uint32_t lbo,
 
 __device__ __forceinline__ void wgmma_fence() {
   asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
-}
-__device__ __forceinline__ void wgmma_commit_and_wait() {
-  asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
-  asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
 }
 // Pins accumulator registers at this point of the program: the warpgroup MMA writes them
 // asynchronously, and nothing else may read or move them between its issue and its wait.
@@ -577,21 +582,15 @@ struct Wgmma<__half> {
 #undef LLMCORE_WGMMA_SS_M64N64K16
 #undef LLMCORE_WGMMA_RS_M64N128K16
 
-// The warpgroup version of attend_tile for head dim 128: q_s is the CTA's [64, D] Q tile (the
-// warp's rows are 16 * warp ..), k_s and v_s the key tile, all 1024-byte aligned; each warp
-// passes its own rows' ranges and all_visible.
+// The warpgroup's stages as separate issues, for a loop that overlaps them (paged_attention.cu):
+// wgmma_scores_issue starts s = Q K^T of one tile (committed as one group, not waited for);
+// wgmma_pv_issue starts o += P V. wgmma_wait<N> waits until at most N groups are in flight.
 template <typename T, int D>
-__device__ __forceinline__ void attend_tile_wgmma(PartitionState<D>& st, const T* q_s, const T* k_s,
-                                                  const T* v_s, int tile_key0,
-                                                  const int (&key_lo)[2], const int (&key_hi)[2],
-                                                  float scale_log2, int lane, bool all_visible) {
+__device__ __forceinline__ void wgmma_scores_issue(float (&s)[8][4], const T* q_s, const T* k_s) {
 #if LLMCORE_ATTENTION_WGMMA
-  static_assert(D == 128 && TileShape<D>::kBlockN == 64, "warpgroup tiles: head dim 128, 64 keys");
   using Shape = TileShape<D, true>;
   const char* q_b = reinterpret_cast<const char*>(q_s);
   const char* k_b = reinterpret_cast<const char*>(k_s);
-  const char* v_b = reinterpret_cast<const char*>(v_s);
-  float s[8][4];
 #pragma unroll
   for (int nt = 0; nt < 8; ++nt)
 #pragma unroll
@@ -602,12 +601,20 @@ __device__ __forceinline__ void attend_tile_wgmma(PartitionState<D>& st, const T
   for (int kd = 0; kd < D / 16; ++kd)
     Wgmma<T>::scores(s, smem_desc_sw128(q_b + Shape::kstep_bytes(kd), 16, Shape::kRowGroupBytes),
                      smem_desc_sw128(k_b + Shape::kstep_bytes(kd), 16, Shape::kRowGroupBytes));
-  wgmma_commit_and_wait();
+  asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
   pin_registers(s);
+#else
+  (void)s, (void)q_s, (void)k_s;
+  __trap();
+#endif
+}
 
-  uint32_t pk[8][2];
-  tile_softmax<T, D>(st, s, pk, tile_key0, key_lo, key_hi, scale_log2, lane, all_visible);
-
+template <typename T, int D>
+__device__ __forceinline__ void wgmma_pv_issue(PartitionState<D>& st, const uint32_t (&pk)[8][2],
+                                               const T* v_s) {
+#if LLMCORE_ATTENTION_WGMMA
+  using Shape = TileShape<D, true>;
+  const char* v_b = reinterpret_cast<const char*>(v_s);
   pin_registers(st.o);
   wgmma_fence();
 #pragma unroll
@@ -617,13 +624,38 @@ __device__ __forceinline__ void attend_tile_wgmma(PartitionState<D>& st, const T
         st.o, a,
         smem_desc_sw128(v_b + Shape::key_step_bytes(kk), Shape::kAtomBytes, Shape::kRowGroupBytes));
   }
-  wgmma_commit_and_wait();
+  asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
   pin_registers(st.o);
 #else
-  (void)st, (void)q_s, (void)k_s, (void)v_s, (void)tile_key0, (void)key_lo, (void)key_hi,
-      (void)scale_log2, (void)lane, (void)all_visible;
-  __trap();  // callers check LLMCORE_ATTENTION_WGMMA
+  (void)st, (void)pk, (void)v_s;
+  __trap();
 #endif
+}
+
+template <int N>
+__device__ __forceinline__ void wgmma_wait() {
+  asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
+}
+
+// The warpgroup version of attend_tile for head dim 128, its three stages one after the other
+// (the kernel overlaps them itself; the probe compares this with attend_tile): q_s is the
+// warpgroup's [64, D] Q tile (the warp's rows are 16 * (warp % 4) ..), k_s and v_s the key tile,
+// all 1024-byte aligned; each warp passes its own rows' ranges and all_visible.
+template <typename T, int D>
+__device__ __forceinline__ void attend_tile_wgmma(PartitionState<D>& st, const T* q_s, const T* k_s,
+                                                  const T* v_s, int tile_key0,
+                                                  const int (&key_lo)[2], const int (&key_hi)[2],
+                                                  float scale_log2, int lane, bool all_visible) {
+  static_assert(D == 128 && TileShape<D>::kBlockN == 64, "warpgroup tiles: head dim 128, 64 keys");
+  float s[8][4];
+  wgmma_scores_issue<T, D>(s, q_s, k_s);
+  wgmma_wait<0>();
+  pin_registers(s);
+  uint32_t pk[8][2];
+  tile_softmax<T, D>(st, s, pk, tile_key0, key_lo, key_hi, scale_log2, lane, all_visible);
+  wgmma_pv_issue<T, D>(st, pk, v_s);
+  wgmma_wait<0>();
+  pin_registers(st.o);
 }
 
 }  // namespace llmcore::kernels::attention_detail
