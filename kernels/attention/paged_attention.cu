@@ -321,8 +321,12 @@ __global__ void __launch_bounds__(CtaShape<kSplit, kLong>::kThreads,
     cp_async_wait<1>();  // Q and tile t_begin
     fence_proxy_async();
     __syncthreads();
-    float s_cur[8][4];  // the scores of tile t, issued an iteration ahead
+    // The scores of tile t, issued an iteration ahead; the first tile's are waited for here, so
+    // that no register the warpgroup MMA still writes crosses the loop's boundaries.
+    float s_cur[8][4];
     wgmma_scores_issue<T, D>(s_cur, q_wg, k_s);
+    wgmma_wait<0>();
+    pin_registers(s_cur);
     const auto attend = [&](int t, auto has_next) {
       constexpr bool kNext = decltype(has_next)::value;
       const int stage = (t - t_begin) % 3;
