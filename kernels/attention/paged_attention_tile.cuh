@@ -523,22 +523,22 @@ __device__ __forceinline__ void fence_proxy_async() {
 template <typename T>
 struct Wgmma;
 
+// The accumulator operands of n-tile i (4 floats of d[i]).
+#define LLMCORE_WGMMA_ACC(d, i) "+f"(d[i][0]), "+f"(d[i][1]), "+f"(d[i][2]), "+f"(d[i][3])
+#define LLMCORE_WGMMA_ACC8(d, i0)                                                               \
+  LLMCORE_WGMMA_ACC(d, i0), LLMCORE_WGMMA_ACC(d, i0 + 1), LLMCORE_WGMMA_ACC(d, i0 + 2),         \
+      LLMCORE_WGMMA_ACC(d, i0 + 3), LLMCORE_WGMMA_ACC(d, i0 + 4), LLMCORE_WGMMA_ACC(d, i0 + 5), \
+      LLMCORE_WGMMA_ACC(d, i0 + 6), LLMCORE_WGMMA_ACC(d, i0 + 7)
+
 #define LLMCORE_WGMMA_SS_M64N64K16(TYPE)                                                    \
   __device__ static void scores(float (&d)[8][4], uint64_t desc_a, uint64_t desc_b) {       \
     asm volatile(                                                                           \
         "{\n.reg .pred p;\nsetp.ne.b32 p, 1, 0;\n"                                          \
         "wgmma.mma_async.sync.aligned.m64n64k16.f32." TYPE "." TYPE                         \
-        " "                                                                                 \
-        "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "           \
+        " {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "          \
         "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, " \
         "%32, %33, p, 1, 1, 0, 0;\n}\n"                                                     \
-        : "+f"(d[0][0]), "+f"(d[0][1]), "+f"(d[0][2]), "+f"(d[0][3]), "+f"(d[1][0]),        \
-          "+f"(d[1][1]), "+f"(d[1][2]), "+f"(d[1][3]), "+f"(d[2][0]), "+f"(d[2][1]),        \
-          "+f"(d[2][2]), "+f"(d[2][3]), "+f"(d[3][0]), "+f"(d[3][1]), "+f"(d[3][2]),        \
-          "+f"(d[3][3]), "+f"(d[4][0]), "+f"(d[4][1]), "+f"(d[4][2]), "+f"(d[4][3]),        \
-          "+f"(d[5][0]), "+f"(d[5][1]), "+f"(d[5][2]), "+f"(d[5][3]), "+f"(d[6][0]),        \
-          "+f"(d[6][1]), "+f"(d[6][2]), "+f"(d[6][3]), "+f"(d[7][0]), "+f"(d[7][1]),        \
-          "+f"(d[7][2]), "+f"(d[7][3])                                                      \
+        : LLMCORE_WGMMA_ACC8(d, 0)                                                          \
         : "l"(desc_a), "l"(desc_b));                                                        \
   }
 
@@ -547,25 +547,12 @@ struct Wgmma;
     asm volatile(                                                                           \
         "{\n.reg .pred p;\nsetp.ne.b32 p, 1, 0;\n"                                          \
         "wgmma.mma_async.sync.aligned.m64n128k16.f32." TYPE "." TYPE                        \
-        " "                                                                                 \
-        "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "           \
+        " {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "          \
         "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "  \
         "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "  \
         "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, " \
         "{%64, %65, %66, %67}, %68, p, 1, 1, 1;\n}\n"                                       \
-        : "+f"(d[0][0]), "+f"(d[0][1]), "+f"(d[0][2]), "+f"(d[0][3]), "+f"(d[1][0]),        \
-          "+f"(d[1][1]), "+f"(d[1][2]), "+f"(d[1][3]), "+f"(d[2][0]), "+f"(d[2][1]),        \
-          "+f"(d[2][2]), "+f"(d[2][3]), "+f"(d[3][0]), "+f"(d[3][1]), "+f"(d[3][2]),        \
-          "+f"(d[3][3]), "+f"(d[4][0]), "+f"(d[4][1]), "+f"(d[4][2]), "+f"(d[4][3]),        \
-          "+f"(d[5][0]), "+f"(d[5][1]), "+f"(d[5][2]), "+f"(d[5][3]), "+f"(d[6][0]),        \
-          "+f"(d[6][1]), "+f"(d[6][2]), "+f"(d[6][3]), "+f"(d[7][0]), "+f"(d[7][1]),        \
-          "+f"(d[7][2]), "+f"(d[7][3]), "+f"(d[8][0]), "+f"(d[8][1]), "+f"(d[8][2]),        \
-          "+f"(d[8][3]), "+f"(d[9][0]), "+f"(d[9][1]), "+f"(d[9][2]), "+f"(d[9][3]),        \
-          "+f"(d[10][0]), "+f"(d[10][1]), "+f"(d[10][2]), "+f"(d[10][3]), "+f"(d[11][0]),   \
-          "+f"(d[11][1]), "+f"(d[11][2]), "+f"(d[11][3]), "+f"(d[12][0]), "+f"(d[12][1]),   \
-          "+f"(d[12][2]), "+f"(d[12][3]), "+f"(d[13][0]), "+f"(d[13][1]), "+f"(d[13][2]),   \
-          "+f"(d[13][3]), "+f"(d[14][0]), "+f"(d[14][1]), "+f"(d[14][2]), "+f"(d[14][3]),   \
-          "+f"(d[15][0]), "+f"(d[15][1]), "+f"(d[15][2]), "+f"(d[15][3])                    \
+        : LLMCORE_WGMMA_ACC8(d, 0), LLMCORE_WGMMA_ACC8(d, 8)                                \
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b));                         \
   }
 
@@ -581,6 +568,8 @@ struct Wgmma<__half> {
 };
 #undef LLMCORE_WGMMA_SS_M64N64K16
 #undef LLMCORE_WGMMA_RS_M64N128K16
+#undef LLMCORE_WGMMA_ACC8
+#undef LLMCORE_WGMMA_ACC
 
 // The warpgroup's stages as separate issues, for a loop that overlaps them (paged_attention.cu):
 // wgmma_scores_issue starts s = Q K^T of one tile (committed as one group, not waited for);
