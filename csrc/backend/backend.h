@@ -64,7 +64,8 @@ inline RowKinds RowKinds::from_flags(const std::vector<bool>& generated_row) {
 // (limited to the last `sliding_window` positions when a window is set).
 struct AttentionMetadata {
   int num_seqs = 0;         // S
-  int max_query_len = 0;    // max over s of query_start_loc[s+1] - query_start_loc[s]
+  int max_query_len = 0;    // max over s of query_start_loc[s+1] - query_start_loc[s] (or more:
+                            // an upper bound; the CUDA attention picks its kernels by it)
   int min_query_len = 1;    // a lower bound of those lengths (> 1: no decode row in the step)
   int max_seq_len = 0;      // max over s of seq_lens[s]
   Tensor query_start_loc;   // [S + 1] int32, on the backend's device
