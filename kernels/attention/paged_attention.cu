@@ -43,11 +43,12 @@ namespace {
 
 using namespace attention_detail;
 
-// Walking CTAs of head dim 128 run in two kernels: one for "long" sequences (more than 16 rows:
-// prompts and prompt chunks), CTAs of two warpgroups and 128 rows whose tiles are swizzled for
-// the warpgroup MMA (sm_90a), and one for the rest (decode rows), with the padded tiles and the
-// registers of the mma.sync path alone. Other head dims walk in one kernel (kLong false). Either
-// way a row gets the same bits.
+// Walking CTAs of head dim 128 run in two kernels on sm_90 and later (Params::long_walk): one for
+// "long" sequences (more than 16 rows: prompts and prompt chunks), CTAs of two warpgroups and 128
+// rows whose tiles are swizzled for the warpgroup MMA (sm_90a), and one for the rest (decode
+// rows), with the padded tiles and the registers of the mma.sync path alone. Other head dims, and
+// older GPUs (the long kernel's 161-193 KB of smem exceed sm_86/89's 99 KB), walk in one kernel
+// (kLong false). Either way a row gets the same bits.
 template <int D>
 constexpr bool kSeparateLongWalk = D == 128;
 __device__ __forceinline__ bool is_long_seq(int query_len, int group) {
@@ -56,8 +57,8 @@ __device__ __forceinline__ bool is_long_seq(int query_len, int group) {
 
 // out (or the workspace) for one tile of query rows of one (sequence, kv head).
 // kSplit false: grid (walking slots, Hkv); the CTA walks every partition of its rows' keys and
-//               writes out. Split sequences are skipped, and where kSeparateLongWalk, the
-//               sequences of the other kernel (kLong: is_long_seq).
+//               writes out. Split sequences are skipped, and where long_walk, the sequences
+//               of the other walking kernel (kLong: is_long_seq).
 // kSplit true:  grid (max_partitions, Hkv * split_row_tiles, S); the CTA computes partition
 //               blockIdx.x for 16 of a split sequence's query heads and writes its state to
 //               part_out / part_ml.
@@ -113,7 +114,7 @@ __global__ void __launch_bounds__(CtaShape<kSplit, kLong>::kThreads,
   const int64_t num_rows = static_cast<int64_t>(query_len) * group;
   if (query_len <= 0 || tile < 0 || tile * kRows >= num_rows ||
       kSplit != is_split_seq(query_len, seq_len, p.sliding_window, p.max_partitions) ||
-      (!kSplit && kSeparateLongWalk<D> && kLong != is_long_seq(query_len, group))) {
+      (!kSplit && kSeparateLongWalk<D> && p.long_walk && kLong != is_long_seq(query_len, group))) {
     pdl_wait();
     return;
   }
@@ -499,8 +500,9 @@ size_t prepare() {
   int device = 0;
   LLMCORE_CUDA_CHECK(cudaGetDevice(&device));
   // Tiles, then (long CTAs) the fold of finished partitions: D / 2 floats per thread. Long CTAs
-  // have the stages of the code that runs on the device (kStages is that of the host pass).
-  const int stages = kLong ? long_stages_for(cc_major(device)) : Cta::kStages;
+  // (sm_90 and later) get three stages (kStages is that of the host pass; a build without sm_90a
+  // code runs two in the same room).
+  const int stages = kLong ? kLongStagesWgmma : Cta::kStages;
   const size_t smem = TileShape<D, kLong>::smem_bytes(Cta::kRows, stages, sizeof(T)) +
                       (kLong ? static_cast<size_t>(Cta::kThreads) * (D / 2) * sizeof(float) : 0);
   static std::atomic<uint64_t> done_devices{0};
@@ -516,8 +518,10 @@ size_t prepare() {
 
 // The bounds of the step's query lengths in meta tell which walking kernels have work.
 template <typename T, int D>
-void launch(const Params& p, int64_t num_tokens, const AttentionMetadata& meta,
-            cudaStream_t stream) {
+void launch(Params p, int64_t num_tokens, const AttentionMetadata& meta, cudaStream_t stream) {
+  int device = 0;
+  LLMCORE_CUDA_CHECK(cudaGetDevice(&device));
+  p.long_walk = kSeparateLongWalk<D> && cc_major(device) >= 9;
   // Walking slots of CTAs of m rows: sum over s of (floor(qsl[s+1] g / m) - floor(qsl[s] g / m)
   // + 1).
   const auto walk_grid = [&](int m) {
@@ -528,13 +532,13 @@ void launch(const Params& p, int64_t num_tokens, const AttentionMetadata& meta,
   const bool any_long = static_cast<int64_t>(meta.max_query_len) * p.group > kSplitRows;
   const bool any_short = static_cast<int64_t>(meta.min_query_len) * p.group <= kSplitRows;
   if constexpr (kSeparateLongWalk<D>) {
-    if (any_long) {
+    if (p.long_walk && any_long) {
       const size_t smem = prepare<T, D, false, true>();
       launch_with_pdl(PagedAttentionKernel<T, D, false, true>, walk_grid(kLongBlockM),
                       dim3(CtaShape<false, true>::kThreads), smem, stream, p);
     }
   }
-  if (!kSeparateLongWalk<D> || any_short) {
+  if (!p.long_walk || any_short) {
     const size_t smem = prepare<T, D, false, false>();
     launch_with_pdl(PagedAttentionKernel<T, D, false, false>, walk_grid(kBlockM),
                     dim3(CtaShape<false>::kThreads), smem, stream, p);

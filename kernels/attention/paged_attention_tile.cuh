@@ -32,9 +32,9 @@ constexpr int kPartition = kPagedAttentionPartitionSize;
 
 // K/V stages of long walking CTAs: three where the warpgroup MMA runs (the scores of the next
 // tile are computed while this one's softmax runs; 193 KB of smem, which sm_90 has), else two.
-// Host code sizes shared memory by the device's compute capability (long_stages_for).
+// Long walking CTAs run only on sm_90 and later (paged_attention.cu), and the host sizes their
+// shared memory for three stages.
 constexpr int kLongStagesWgmma = 3;
-constexpr int long_stages_for(int cc_major) { return cc_major >= 9 ? kLongStagesWgmma : 2; }
 
 // The CTA of each kernel mode. A warp owns 16 query rows (one mma row tile) and attends them to
 // a key tile as one unit, so a row's bits are the same whichever CTA shape it runs in.
@@ -154,6 +154,7 @@ struct Params {
   int max_partitions;               // ceil(max_seq_len / kPartition), >= 1
   int split_row_tiles;              // ceil(group / kSplitRows): split CTAs per (partition, kv head)
   int sliding_window;               // 0: full attention
+  int long_walk;                    // 1: long sequences' walking CTAs run in the kLong kernel
   float scale_log2;                 // scale * log2(e): scores in log2 units
 };
 
