@@ -57,13 +57,12 @@ struct Executor::Rank {
   }
 };
 
-// One step's input arrays on the host, built once and copied to every rank's device.
+// One step's input arrays on the host, built once and copied to every rank's device. They are
+// written straight into one buffer, each at a 64-byte aligned offset: one upload per rank.
 struct Executor::StepInput {
-  std::vector<int32_t> token_ids, positions, slots, seq_lens, logits_rows, query_start_loc, block_tables;
   RowKinds row_kinds, logits_row_kinds;  // generated-token rows: positions past the prompt
-  int num_seqs = 0, num_tokens = 0, max_query_len = 0, min_query_len = 1, max_seq_len = 0;
+  int num_seqs = 0, num_tokens = 0, num_logits = 0, max_query_len = 0, min_query_len = 1, max_seq_len = 0;
   int64_t max_blocks = 1;
-  // The arrays above in one buffer, each at a 64-byte aligned offset: one upload per rank.
   enum Part { kTokenIds, kPositions, kSlots, kSeqLens, kLogitsRows, kQueryStart, kBlockTables, kNumParts };
   std::vector<int32_t> packed;
   int64_t offset[kNumParts] = {};
@@ -73,61 +72,73 @@ struct Executor::StepInput {
     LLMCORE_CHECK(logits_requests.size() == out.scheduled.size());
     num_seqs = static_cast<int>(out.scheduled.size());
     num_tokens = out.num_batched_tokens;
+    // The sizes first (checked), then every array in place.
     size_t widest = 1;
-    for (const ScheduledSequence& s : out.scheduled) widest = std::max(widest, s.seq->block_table.size());
+    int64_t rows = 0;
+    for (int i = 0; i < num_seqs; ++i) {
+      const ScheduledSequence& s = out.scheduled[i];
+      const LogitsRequest& lr = logits_requests[i];
+      LLMCORE_CHECK(lr.first_row >= 0 && lr.first_row + lr.num_rows <= s.num_tokens);
+      widest = std::max(widest, s.seq->block_table.size());
+      rows += std::max(s.num_tokens, 0);
+      num_logits += std::max(lr.num_rows, 0);
+    }
+    LLMCORE_CHECK(rows == num_tokens, "scheduled tokens ", rows, " != num_batched_tokens ", num_tokens);
     max_blocks = static_cast<int64_t>(widest);
-    query_start_loc = {0};
-    block_tables.assign(static_cast<size_t>(num_seqs * max_blocks), -1);
-    token_ids.reserve(num_tokens);
-    positions.reserve(num_tokens);
-    slots.reserve(num_tokens);
+    const int64_t sizes[kNumParts] = {num_tokens, num_tokens, num_tokens, num_seqs,
+                                      num_logits, num_seqs + 1, num_seqs * max_blocks};
+    constexpr int64_t kAlign = 16;  // int32s: 64 bytes
+    int64_t total = 0;
+    for (int p = 0; p < kNumParts; ++p) {
+      offset[p] = total;
+      total += (sizes[p] + kAlign - 1) / kAlign * kAlign;
+    }
+    packed.assign(static_cast<size_t>(total), 0);
+    int32_t* const token_ids = at(kTokenIds);
+    int32_t* const positions = at(kPositions);
+    int32_t* const slots = at(kSlots);
+    int32_t* const seq_lens = at(kSeqLens);
+    int32_t* const logits_rows = at(kLogitsRows);
+    int32_t* const query_start_loc = at(kQueryStart);
+    int32_t* const block_tables = at(kBlockTables);
+    std::fill(block_tables, block_tables + num_seqs * max_blocks, -1);
+    query_start_loc[0] = 0;
     std::vector<bool> generated, generated_logits;  // filled only when the model is told the kinds
     if (generated_rows_apart) generated.reserve(num_tokens);
+    int row = 0, logits_row = 0;
     for (int i = 0; i < num_seqs; ++i) {
       const ScheduledSequence& s = out.scheduled[i];
       const Sequence& seq = *s.seq;
       const int start = seq.num_computed_tokens;
-      const int row0 = static_cast<int>(token_ids.size());
+      const int row0 = row;
       LLMCORE_CHECK(start + s.num_tokens <= seq.num_tokens());
       LLMCORE_CHECK(static_cast<size_t>((start + s.num_tokens + block_size - 1) / block_size) <=
                     seq.block_table.size(), "sequence ", seq.seq_id, " has too few blocks");
-      for (int p = start; p < start + s.num_tokens; ++p) {
-        token_ids.push_back(seq.token_ids[p]);
-        positions.push_back(p);
-        slots.push_back(seq.block_table[p / block_size] * block_size + p % block_size);
+      for (int p = start; p < start + s.num_tokens; ++p, ++row) {
+        token_ids[row] = seq.token_ids[p];
+        positions[row] = p;
+        slots[row] = seq.block_table[p / block_size] * block_size + p % block_size;
         if (generated_rows_apart) generated.push_back(p >= seq.num_prompt_tokens);
       }
-      query_start_loc.push_back(static_cast<int32_t>(token_ids.size()));
-      seq_lens.push_back(start + s.num_tokens);
-      std::copy(seq.block_table.begin(), seq.block_table.end(), block_tables.begin() + i * max_blocks);
+      query_start_loc[i + 1] = row;
+      seq_lens[i] = start + s.num_tokens;
+      std::copy(seq.block_table.begin(), seq.block_table.end(), block_tables + i * max_blocks);
       max_query_len = std::max(max_query_len, s.num_tokens);
       min_query_len = i == 0 ? s.num_tokens : std::min(min_query_len, s.num_tokens);
       max_seq_len = std::max(max_seq_len, start + s.num_tokens);
       const LogitsRequest& lr = logits_requests[i];
-      LLMCORE_CHECK(lr.first_row >= 0 && lr.first_row + lr.num_rows <= s.num_tokens);
       for (int r = 0; r < lr.num_rows; ++r) {
-        logits_rows.push_back(row0 + lr.first_row + r);
+        logits_rows[logits_row++] = row0 + lr.first_row + r;
         if (generated_rows_apart) generated_logits.push_back(generated[static_cast<size_t>(row0 + lr.first_row + r)]);
       }
     }
-    LLMCORE_CHECK(static_cast<int>(token_ids.size()) == num_tokens);
     if (generated_rows_apart) {
       row_kinds = RowKinds::from_flags(generated);
       logits_row_kinds = RowKinds::from_flags(generated_logits);
     }
-    const std::vector<int32_t>* parts[kNumParts] = {&token_ids,   &positions,       &slots,       &seq_lens,
-                                                    &logits_rows, &query_start_loc, &block_tables};
-    constexpr size_t kAlign = 16;  // int32s: 64 bytes
-    size_t total = 0;
-    for (const auto* v : parts) total += (v->size() + kAlign - 1) / kAlign * kAlign;
-    packed.assign(total, 0);
-    size_t at = 0;
-    for (int p = 0; p < kNumParts; ++p) {
-      offset[p] = static_cast<int64_t>(at);
-      std::copy(parts[p]->begin(), parts[p]->end(), packed.begin() + static_cast<std::ptrdiff_t>(at));
-      at += (parts[p]->size() + kAlign - 1) / kAlign * kAlign;
-    }
   }
+
+  int32_t* at(Part p) { return packed.data() + offset[p]; }
 
   // Part p of the uploaded buffer `all` as a tensor of `shape`.
   Tensor part(const Tensor& all, Part p, Shape shape) const {
@@ -345,7 +356,7 @@ Tensor Executor::forward(Rank& rank, const StepInput& s) {
   ForwardInput in;
   in.token_ids = s.part(all, StepInput::kTokenIds, {s.num_tokens});
   in.positions = s.part(all, StepInput::kPositions, {s.num_tokens});
-  in.logits_indices = s.part(all, StepInput::kLogitsRows, {static_cast<int64_t>(s.logits_rows.size())});
+  in.logits_indices = s.part(all, StepInput::kLogitsRows, {s.num_logits});
   in.attn.num_seqs = s.num_seqs;
   in.attn.max_query_len = s.max_query_len;
   in.attn.min_query_len = s.min_query_len;
