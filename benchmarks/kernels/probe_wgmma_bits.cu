@@ -52,6 +52,20 @@ constexpr int kM = 64, kN = 8, kK = 128, kSteps = kK / 16;
     }                                                                                \
   } while (0)
 
+// Device arrays of n elements, and device copies of host vectors (freed by the callers).
+template <typename U>
+U* device_array(size_t n) {
+  U* d = nullptr;
+  CHECK(cudaMalloc(&d, n * sizeof(U)));
+  return d;
+}
+template <typename U>
+U* to_device(const std::vector<U>& h) {
+  U* d = device_array<U>(h.size());
+  CHECK(cudaMemcpy(d, h.data(), h.size() * sizeof(U), cudaMemcpyHostToDevice));
+  return d;
+}
+
 // Per 16-bit type: its name, the warpgroup MMA (m64n8k16, A from registers, B by descriptor) and
 // the host conversions (core/dtype.h). The warp MMA is the kernels' own (kernels/common/mma.cuh).
 template <typename T>
@@ -164,16 +178,8 @@ Result run(const char* operands, int kind, int ctas, uint32_t seed) {
     for (size_t i = 0; i + 1 < na; i += 2) a[i + 1] = a[i] ^ 0x8000;
   for (size_t i = 0; i < nc; ++i) c[i] = kind == 1 ? std::ldexp(normal(rng), expo(rng)) : normal(rng);
 
-  uint16_t *da, *db;
-  float *dc, *dw, *dm;
-  CHECK(cudaMalloc(&da, na * 2));
-  CHECK(cudaMalloc(&db, nb * 2));
-  CHECK(cudaMalloc(&dc, nc * 4));
-  CHECK(cudaMalloc(&dw, nc * 4));
-  CHECK(cudaMalloc(&dm, nc * 4));
-  CHECK(cudaMemcpy(da, a.data(), na * 2, cudaMemcpyHostToDevice));
-  CHECK(cudaMemcpy(db, b.data(), nb * 2, cudaMemcpyHostToDevice));
-  CHECK(cudaMemcpy(dc, c.data(), nc * 4, cudaMemcpyHostToDevice));
+  uint16_t *da = to_device(a), *db = to_device(b);
+  float *dc = to_device(c), *dw = device_array<float>(nc), *dm = device_array<float>(nc);
   Probe<T><<<ctas, 128>>>(da, db, dc, dw, dm);
   CHECK(cudaGetLastError());
   CHECK(cudaDeviceSynchronize());
@@ -287,15 +293,8 @@ TileResult run_tile(bool causal, int tiles, uint32_t seed) {
     v[i] = Ops<T>::bits(normal(rng));
   }
   const size_t nout = static_cast<size_t>(tiles) * 2 * 128 * kStateFloats;
-  uint16_t *dq, *dk, *dv;
-  float* dout;
-  CHECK(cudaMalloc(&dq, n * 2));
-  CHECK(cudaMalloc(&dk, n * 2));
-  CHECK(cudaMalloc(&dv, n * 2));
-  CHECK(cudaMalloc(&dout, nout * 4));
-  CHECK(cudaMemcpy(dq, q.data(), n * 2, cudaMemcpyHostToDevice));
-  CHECK(cudaMemcpy(dk, k.data(), n * 2, cudaMemcpyHostToDevice));
-  CHECK(cudaMemcpy(dv, v.data(), n * 2, cudaMemcpyHostToDevice));
+  uint16_t *dq = to_device(q), *dk = to_device(k), *dv = to_device(v);
+  float* dout = device_array<float>(nout);
   TileProbe<T><<<tiles, 128>>>(dq, dk, dv, causal ? 1 : 0, dout);
   CHECK(cudaGetLastError());
   CHECK(cudaDeviceSynchronize());
