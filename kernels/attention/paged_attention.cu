@@ -313,58 +313,63 @@ __global__ void __launch_bounds__(CtaShape<kSplit, kLong>::kThreads,
     for (int i = 0; i < 3; ++i)
       if (t_begin + i < t_end) locate_keys(t_begin + i, i);
     pdl_wait();  // q and this step's keys and values come from the kernels before
-    load_q();
-    __syncthreads();
-    load_kv(0);  // a long CTA's rows always see a key: t_begin < t_end
-    cp_async_commit();
-    if (t_begin + 1 < t_end) load_kv(1);
-    cp_async_commit();
-    cp_async_wait<1>();  // Q and tile t_begin
-    fence_proxy_async();
-    __syncthreads();
-    // The scores of tile t, issued an iteration ahead; the first tile's are waited for here, so
-    // that no register the warpgroup MMA still writes crosses the loop's boundaries.
-    float s_cur[8][4];
-    wgmma_scores_issue<T, D>(s_cur, q_wg, k_s);
-    wgmma_wait<0>();
-    pin_registers(s_cur);
-    const auto attend = [&](int t, auto has_next) {
-      constexpr bool kNext = decltype(has_next)::value;
-      const int stage = (t - t_begin) % 3;
-      if (t + 2 < t_end) load_kv((t + 2 - t_begin) % 3);
-      cp_async_commit();
-      cp_async_wait<1>();   // tile t + 1
-      fence_proxy_async();  // its smem, as the warpgroup MMA reads it
+    // Every row sees its own position, so t_begin < t_end unless the metadata is inconsistent
+    // (seq_len < query_len); then nothing is attended and the rows come out as NaN (0 / 0), as
+    // in the other kernels.
+    if (t_begin < t_end) {
+      load_q();
       __syncthreads();
-      const int64_t next_block = t + 3 < t_end ? key_block(t + 3) : kOutside;
-      float s_next[8][4];
-      if constexpr (kNext) {
-        wgmma_scores_issue<T, D>(s_next, q_wg, k_s + ((t + 1 - t_begin) % 3) * kKVElems);
-        wgmma_wait<1>();  // tile t's scores
-      } else {
-        wgmma_wait<0>();
-      }
-      pin_registers(s_cur);
-      uint32_t pk[8][2];
-      const bool all_visible = t * kN >= warp_all_lo && t * kN + kN - 1 <= warp_all_hi;
-      tile_softmax<T, D>(st, s_cur, pk, t * kN, row_key_lo, row_key_hi, p.scale_log2, lane,
-                         all_visible);
-      wgmma_pv_issue<T, D>(st, pk, v_s + stage * kKVElems);
+      load_kv(0);
+      cp_async_commit();
+      if (t_begin + 1 < t_end) load_kv(1);
+      cp_async_commit();
+      cp_async_wait<1>();  // Q and tile t_begin
+      fence_proxy_async();
+      __syncthreads();
+      // The scores of tile t, issued an iteration ahead; the first tile's are waited for here, so
+      // that no register the warpgroup MMA still writes crosses the loop's boundaries.
+      float s_cur[8][4];
+      wgmma_scores_issue<T, D>(s_cur, q_wg, k_s);
       wgmma_wait<0>();
-      pin_registers(st.o);
-      if constexpr (kNext) {
-        pin_registers(s_next);
+      pin_registers(s_cur);
+      const auto attend = [&](int t, auto has_next) {
+        constexpr bool kNext = decltype(has_next)::value;
+        const int stage = (t - t_begin) % 3;
+        if (t + 2 < t_end) load_kv((t + 2 - t_begin) % 3);
+        cp_async_commit();
+        cp_async_wait<1>();   // tile t + 1
+        fence_proxy_async();  // its smem, as the warpgroup MMA reads it
+        __syncthreads();
+        const int64_t next_block = t + 3 < t_end ? key_block(t + 3) : kOutside;
+        float s_next[8][4];
+        if constexpr (kNext) {
+          wgmma_scores_issue<T, D>(s_next, q_wg, k_s + ((t + 1 - t_begin) % 3) * kKVElems);
+          wgmma_wait<1>();  // tile t's scores
+        } else {
+          wgmma_wait<0>();
+        }
+        pin_registers(s_cur);
+        uint32_t pk[8][2];
+        const bool all_visible = t * kN >= warp_all_lo && t * kN + kN - 1 <= warp_all_hi;
+        tile_softmax<T, D>(st, s_cur, pk, t * kN, row_key_lo, row_key_hi, p.scale_log2, lane,
+                           all_visible);
+        wgmma_pv_issue<T, D>(st, pk, v_s + stage * kKVElems);
+        wgmma_wait<0>();
+        pin_registers(st.o);
+        if constexpr (kNext) {
+          pin_registers(s_next);
 #pragma unroll
-        for (int nt = 0; nt < 8; ++nt)
+          for (int nt = 0; nt < 8; ++nt)
 #pragma unroll
-          for (int c = 0; c < 4; ++c) s_cur[nt][c] = s_next[nt][c];
-      }
-      finish_tile(t);
-      if (t + 3 < t_end) store_key(t + 3, next_block, stage);
-      __syncthreads();  // the next iteration's copies overwrite tile t's stage and slot
-    };
+            for (int c = 0; c < 4; ++c) s_cur[nt][c] = s_next[nt][c];
+        }
+        finish_tile(t);
+        if (t + 3 < t_end) store_key(t + 3, next_block, stage);
+        __syncthreads();  // the next iteration's copies overwrite tile t's stage and slot
+      };
     for (int t = t_begin; t + 1 < t_end; ++t) attend(t, std::true_type{});
     attend(t_end - 1, std::false_type{});
+    }
   } else {
     // Pipeline: the offsets of tile t + 1 are published by the barrier that ends iteration t
     // (or the prologue's), its copies are issued before tile t is computed (two stages) or at

@@ -214,12 +214,10 @@ TEST(CudaPagedAttentionEdges, WindowOneReturnsOwnValue) {
         }
 }
 
-TEST(CudaPagedAttentionEdges, BadBlockIdsPoisonOnlyTheirSequence) {
-  ATTN_SKIP_WITHOUT_CUDA();
-  // Block ids outside [0, NB) in the part of a table the kernel reads must never be
-  // dereferenced: the rows of that sequence come out NaN, and every other sequence's rows keep
-  // their exact bits.
-  const AttnShape shape{8, 2, 64};
+// Block ids outside [0, NB) in the part of a table the kernel reads must never be dereferenced:
+// the rows of that sequence come out NaN, and every other sequence's rows keep their exact bits.
+// Head dim 64 walks in one kernel; head dim 128 has the prompt kernel of its own.
+void check_bad_block_ids(const AttnShape& shape) {
   std::mt19937 rng(99);
   std::vector<SeqData> store;
   store.reserve(4);
@@ -254,6 +252,12 @@ TEST(CudaPagedAttentionEdges, BadBlockIdsPoisonOnlyTheirSequence) {
     }
     token += seqs[s].query_len;
   }
+}
+
+TEST(CudaPagedAttentionEdges, BadBlockIdsPoisonOnlyTheirSequence) {
+  ATTN_SKIP_WITHOUT_CUDA();
+  check_bad_block_ids({8, 2, 64});
+  check_bad_block_ids({8, 2, 128});
 }
 
 }  // namespace
