@@ -155,6 +155,7 @@ struct Params {
   int split_row_tiles;              // ceil(group / kSplitRows): split CTAs per (partition, kv head)
   int sliding_window;               // 0: full attention
   int long_walk;                    // 1: long sequences' walking CTAs run in the kLong kernel
+  int heads_inner;                  // walking grid order: 1 kv heads innermost, 0 slots innermost
   float scale_log2;                 // scale * log2(e): scores in log2 units
 };
 
