@@ -56,7 +56,10 @@ def profile(llm, llmcore, torch, prompts, max_tokens, top):
     llm.generate(reqs, params, use_tqdm=False)  # warm-up: plans, caches
     before = llm.llm_engine.get_stats()
     # Without a GPU (a smoke run) there are no kernels to trace; the host counters still count.
-    acts = [torch.profiler.ProfilerActivity.CUDA if torch.cuda.is_available() else torch.profiler.ProfilerActivity.CPU]
+    # CPU as well: the CUDA runtime calls (launches, copies, syncs) are host events with timestamps.
+    acts = [torch.profiler.ProfilerActivity.CPU]
+    if torch.cuda.is_available():
+        acts.append(torch.profiler.ProfilerActivity.CUDA)
     with torch.profiler.profile(activities=acts) as prof:
         t0 = time.perf_counter()
         llm.generate(reqs, params, use_tqdm=False)
@@ -84,7 +87,35 @@ def profile(llm, llmcore, torch, prompts, max_tokens, top):
         "host_ms_per_step": {k[5:-2]: (after[k] - before[k]) / max(steps, 1) * 1e3 for k in PHASES if k in after},
         "kernels": kernels[: max(top, 40)],
         "timeline": timelines,
+        "runtime": runtime_calls(prof.events(), torch, max(steps, 1)),
     }
+
+
+def runtime_calls(events, torch, steps):
+    """The host side of the GPU work: CUDA runtime/driver calls ranked by total host time, and for
+    the traced call as a whole (read them per step when it ran one step): the host time from the
+    trace's start to the first runtime call (the Python call, scheduling, input preparation), from
+    that call to the first kernel's start (uploads, first launches), and from the last kernel's end
+    to the end of the last runtime call (readback)."""
+    calls = defaultdict(lambda: [0.0, 0])
+    host = []
+    gpu = []
+    for ev in events:
+        if ev.device_type == torch.autograd.DeviceType.CUDA:
+            gpu.append((ev.time_range.start, ev.time_range.end))
+        elif ev.name.startswith(("cuda", "cu")):
+            calls[ev.name][0] += ev.time_range.end - ev.time_range.start
+            calls[ev.name][1] += 1
+            host.append((ev.time_range.start, ev.time_range.end))
+    ranked = sorted(calls.items(), key=lambda kv: -kv[1][0])[:12]
+    out = {"calls": [{"name": n, "ms_per_step": us / 1e3 / steps, "count": c} for n, (us, c) in ranked]}
+    if host and gpu:
+        first_call = min(s for s, _ in host)
+        last_call = max(e for _, e in host)
+        out["trace_start_to_first_call_ms"] = first_call / 1e3  # event times count from the trace's start
+        out["first_call_to_first_kernel_ms"] = (min(s for s, _ in gpu) - first_call) / 1e3
+        out["last_kernel_to_last_call_end_ms"] = (last_call - max(e for _, e in gpu)) / 1e3
+    return out
 
 
 def timeline(events, torch, steps):
@@ -150,6 +181,13 @@ def main(argv=None) -> int:
             print(f"   GPU {dev}: busy {t['busy_ms_per_step']:.3f} ms/step, idle {t['idle_ms_per_step']:.3f} ms/step; "
                   "largest idle gaps: " + "; ".join(f"{g['between']} {g['ms_per_step'] * 1e3:.1f} us/step ({g['count']}x)"
                                                     for g in t["gaps"][:4]))
+        rt = r["runtime"]
+        if "first_call_to_first_kernel_ms" in rt:
+            print(f"   host: trace start -> first runtime call {rt['trace_start_to_first_call_ms']:.3f} ms; "
+                  f"first runtime call -> first kernel {rt['first_call_to_first_kernel_ms']:.3f} ms; "
+                  f"last kernel end -> last runtime call end {rt['last_kernel_to_last_call_end_ms']:.3f} ms")
+        print("   runtime calls: " + "; ".join(f"{c['name']} {c['ms_per_step']:.3f} ms ({c['count']}x)"
+                                                for c in rt["calls"][:8]))
     llm.shutdown()
     record = common.new_record("profile_step", device, args, "torch")
     record.update({"engine_kwargs": engine_kwargs, "results": results})
