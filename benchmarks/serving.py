@@ -177,6 +177,41 @@ def percentile(values: Sequence[float], p: float) -> float:
     return xs[lo] + (xs[hi] - xs[lo]) * (k - lo)
 
 
+SERVER_HISTOGRAMS = {"ttft": "time_to_first_token_seconds", "queue": "request_queue_time_seconds"}
+
+
+def scrape_server_sums(base_url: str, headers: Dict[str, str]) -> Optional[Dict[str, float]]:
+    """The server's own timing histograms (llmcore's /metrics: engine arrival to first token, to first
+    scheduling), as their running _sum and _count; None where the server has no such metrics."""
+    try:
+        status, body = http_get(base_url + "/metrics", headers)
+    except Exception:
+        return None
+    if status != 200:
+        return None
+    sums: Dict[str, float] = {}
+    for line in body.decode("utf-8", "replace").splitlines():
+        for key, name in SERVER_HISTOGRAMS.items():
+            for part in ("sum", "count"):
+                if line.startswith(f"llmcore:{name}_{part}"):
+                    sums[f"{key}_{part}"] = sums.get(f"{key}_{part}", 0.0) + float(line.rsplit(" ", 1)[1])
+    return sums if len(sums) == 2 * len(SERVER_HISTOGRAMS) else None
+
+
+def server_side_means(before: Optional[Dict[str, float]], after: Optional[Dict[str, float]]) -> Optional[Dict[str, float]]:
+    """Mean engine-side TTFT and queue time (ms) of the requests between two scrapes."""
+    if before is None or after is None:
+        return None
+    out: Dict[str, float] = {}
+    for key in SERVER_HISTOGRAMS:
+        n = after[f"{key}_count"] - before[f"{key}_count"]
+        if n <= 0:
+            return None
+        out[f"mean_{key}_ms"] = (after[f"{key}_sum"] - before[f"{key}_sum"]) / n * 1e3
+    out["requests"] = after["ttft_count"] - before["ttft_count"]
+    return out
+
+
 def calculate_metrics(results: List[RequestResult], duration: float, percentiles: List[float]) -> Dict[str, Any]:
     """vLLM's result fields: counts over the successful requests, rates over the duration, and
     mean / median / std / P<p> of each latency in ms (0 when there is none)."""
@@ -472,9 +507,11 @@ def main(argv: Optional[List[str]] = None) -> int:
               f"({'Poisson process' if args.burstiness == 1.0 else 'Gamma distribution'})")
         print(f"Maximum request concurrency: {args.max_concurrency}", flush=True)
         arrivals = arrival_times(len(requests), args.request_rate, args.burstiness, args.seed)
+        sums_before = scrape_server_sums(base_url, headers)
         results, duration = asyncio.run(run_requests(
             [build_payload(r, args, model_name) for r in requests], url, chat, client_kind, headers,
             args.max_concurrency, arrivals, progress=not args.disable_tqdm))
+        server_side = server_side_means(sums_before, scrape_server_sums(base_url, headers))
     except BaseException:
         if args.server_log:  # else the temporary folder keeps the server log the error points to
             shutil.rmtree(tmp_dir, ignore_errors=True)
@@ -485,6 +522,11 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     metrics = calculate_metrics(results, duration, args.percentiles)
     print_block(metrics, args.percentile_metrics.split(","), args.percentiles)
+    if server_side is not None:
+        # Client TTFT minus the engine's: HTTP, request handling, streaming the first chunk back.
+        print(f"Server side (its /metrics, {server_side['requests']:.0f} requests): mean TTFT from engine arrival "
+              f"{server_side['mean_ttft_ms']:.2f} ms (client {metrics['mean_ttft_ms']:.2f}), mean queue "
+              f"{server_side['mean_queue_ms']:.2f} ms")
     short = sum(1 for r, q in zip(results, requests) if r.success and r.output_tokens != q.output_len)
     errors = [r.error for r in results if not r.success]
     if errors:
@@ -520,6 +562,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                      "max_concurrency": args.max_concurrency, "ignore_eos": args.ignore_eos,
                      "temperature": args.temperature, "num_warmup_prompts": len(warmup)},
         "result": metrics,
+        "server_side": server_side,
         "num_short": short,
         "errors": errors[:20],
         "offline": offline,

@@ -226,6 +226,11 @@ def test_serving_smoke_completions_and_offline(tiny_model, tmp_path):
     itls = np.concatenate([np.array(x) for x in req["itls"]])
     assert r["p99_itl_ms"] == pytest.approx(np.percentile(itls, 99) * 1e3)
     assert r["output_throughput"] == pytest.approx(n * output_len / r["duration"])
+    # The server's own timings (its /metrics) cover exactly the timed requests, and the engine's TTFT
+    # (from its arrival in the engine) lies inside the client's, its queue time inside that.
+    side = record["server_side"]
+    assert side["requests"] == n
+    assert 0 < side["mean_queue_ms"] <= side["mean_ttft_ms"] <= r["mean_ttft_ms"]
     # Prompts are ids inside the tokenizer's vocabulary (sentencepiece's own count).
     spm = pytest.importorskip("sentencepiece")
     pieces = spm.SentencePieceProcessor(model_file=str(TINY_TOKENIZER / "tokenizer.model")).get_piece_size()
