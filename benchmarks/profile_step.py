@@ -5,6 +5,10 @@ for three workloads on a full-size dummy model:
   decode-b1    batch 1 decode (128-token prompt), --decode-tokens tokens
   decode-bN    batch --batch decode (128-token prompts)
   prefill      --prefill-prompts prompts of --prefill-len tokens, one output token each
+  offline      throughput.py's run (--offline-prompts x --offline-input-len / --offline-output-len,
+               all at once, temperature 1), traced for --window-s seconds starting --window-start-s
+               into the generate call: the steady state of continuous batching, prompt chunks
+               and decodes mixed (not in the default --workloads)
 
 For each: wall time per step, summed kernel time per step (the GPU busy fraction: the rest is the
 host: launches, scheduling, sampling, syncs) and the kernels ranked by total time, grouped by
@@ -20,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import threading
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -36,6 +41,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--decode-tokens", type=int, default=32)
     p.add_argument("--prefill-len", type=int, default=1024)
     p.add_argument("--prefill-prompts", type=int, default=8)
+    p.add_argument("--offline-prompts", type=int, default=1000)
+    p.add_argument("--offline-input-len", type=int, default=1024)
+    p.add_argument("--offline-output-len", type=int, default=128)
+    p.add_argument("--window-start-s", type=float, default=15.0,
+                   help="offline: seconds into the generate call when the trace starts")
+    p.add_argument("--window-s", type=float, default=2.0, help="offline: seconds traced")
     p.add_argument("--top", type=int, default=15, help="kernels listed per workload")
     p.add_argument("--workloads", default="decode-b1,decode-bN,prefill",
                    help="comma-separated subset of decode-b1, decode-bN, prefill")
@@ -54,15 +65,41 @@ def profile(llm, llmcore, torch, prompts, max_tokens, top):
     params = llmcore.SamplingParams(temperature=0.0, ignore_eos=True, max_tokens=max_tokens, detokenize=False)
     reqs = [{"prompt_token_ids": ids} for ids in prompts]
     llm.generate(reqs, params, use_tqdm=False)  # warm-up: plans, caches
+    return trace(llm, torch, lambda: llm.generate(reqs, params, use_tqdm=False), top)
+
+
+def profile_window(llm, llmcore, torch, prompts, max_tokens, start_s, window_s, top):
+    """One generate call of all the prompts on a thread; the trace covers [start_s, start_s +
+    window_s) of it (CUPTI sees every thread's kernels), the per-step figures the steps in it."""
+    params = llmcore.SamplingParams(temperature=1.0, top_p=1.0, ignore_eos=True, max_tokens=max_tokens,
+                                    detokenize=False)
+    reqs = [{"prompt_token_ids": ids} for ids in prompts]
+    warm = llmcore.SamplingParams(temperature=1.0, ignore_eos=True, max_tokens=4, detokenize=False)
+    llm.generate(reqs[:16], warm, use_tqdm=False)
+    done = []
+    worker = threading.Thread(target=lambda: done.append(llm.generate(reqs, params, use_tqdm=False)))
+    t0 = time.perf_counter()
+    worker.start()
+    time.sleep(start_s)
+    r = trace(llm, torch, lambda: time.sleep(window_s), top)
+    worker.join()
+    if not done:
+        raise SystemExit("error: the offline generate call failed (its traceback is above)")
+    r["window"] = {"start_s": start_s, "window_s": window_s, "generate_s": time.perf_counter() - t0}
+    return r
+
+
+def trace(llm, torch, run, top):
+    """Profiles run(): the CUDA kernels and runtime calls of the whole process (without a GPU, a
+    smoke run, only the host counters); per-step figures divide by the engine steps meanwhile."""
     before = llm.llm_engine.get_stats()
-    # Without a GPU (a smoke run) there are no kernels to trace; the host counters still count.
     # CPU as well: the CUDA runtime calls (launches, copies, syncs) are host events with timestamps.
     acts = [torch.profiler.ProfilerActivity.CPU]
     if torch.cuda.is_available():
         acts.append(torch.profiler.ProfilerActivity.CUDA)
     with torch.profiler.profile(activities=acts) as prof:
         t0 = time.perf_counter()
-        llm.generate(reqs, params, use_tqdm=False)
+        run()
         wall = time.perf_counter() - t0
     after = llm.llm_engine.get_stats()
     steps = after["num_steps"] - before["num_steps"]
@@ -85,6 +122,7 @@ def profile(llm, llmcore, torch, prompts, max_tokens, top):
         "kernel_ms_per_step": total_us / 1e3 / max(steps, 1),
         "gpu_busy_fraction": (total_us / 1e6) / wall if wall else None,
         "host_ms_per_step": {k[5:-2]: (after[k] - before[k]) / max(steps, 1) * 1e3 for k in PHASES if k in after},
+        "generated_tokens_per_step": (after["num_generation_tokens"] - before["num_generation_tokens"]) / max(steps, 1),
         "kernels": kernels[: max(top, 40)],
         "timeline": timelines,
         "runtime": runtime_calls(prof.events(), torch, max(steps, 1)),
@@ -165,14 +203,22 @@ def main(argv=None) -> int:
         f"decode-b{args.batch}": (common.random_token_ids(args.batch, 128, vocab, args.seed + 1), args.decode_tokens),
         "prefill": (common.random_token_ids(args.prefill_prompts, args.prefill_len, vocab, args.seed + 2), 1),
     }
+    if "offline" in [w.strip() for w in args.workloads.split(",")]:
+        workloads["offline"] = (common.random_token_ids(args.offline_prompts, args.offline_input_len, vocab,
+                                                        args.seed + 3), args.offline_output_len)
     wanted = {w.strip().replace("decode-bN", f"decode-b{args.batch}") for w in args.workloads.split(",")}
     results = {}
     for name, (prompts, max_tokens) in workloads.items():
         if name not in wanted:
             continue
-        r = profile(llm, llmcore, torch, prompts, max_tokens, args.top)
+        if name == "offline":
+            r = profile_window(llm, llmcore, torch, prompts, max_tokens, args.window_start_s, args.window_s,
+                               args.top)
+        else:
+            r = profile(llm, llmcore, torch, prompts, max_tokens, args.top)
         results[name] = r
-        print(f"== {name}: {r['steps']} steps, wall {r['wall_ms_per_step']:.3f} ms/step, kernels "
+        print(f"== {name}: {r['steps']} steps ({r['generated_tokens_per_step']:.1f} tokens sampled per step), "
+              f"wall {r['wall_ms_per_step']:.3f} ms/step, kernels "
               f"{r['kernel_ms_per_step']:.3f} ms/step (GPU busy {r['gpu_busy_fraction']:.0%}); host ms/step "
               + ", ".join(f"{k} {v:.3f}" for k, v in r["host_ms_per_step"].items()))
         for k in r["kernels"][: args.top]:
