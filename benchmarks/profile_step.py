@@ -23,6 +23,7 @@ profiler's own overhead lengthens host-side gaps, so read those as upper bounds.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import threading
 import time
@@ -92,27 +93,30 @@ def profile_window(llm, llmcore, torch, prompts, max_tokens, start_s, window_s, 
 def trace(llm, torch, run, top):
     """Profiles run(): the CUDA kernels and runtime calls of the whole process (without a GPU, a
     smoke run, only the host counters); per-step figures divide by the engine steps meanwhile."""
-    before = llm.llm_engine.get_stats()
     # CPU as well: the CUDA runtime calls (launches, copies, syncs) are host events with timestamps.
-    acts = [torch.profiler.ProfilerActivity.CPU]
-    if torch.cuda.is_available():
-        acts.append(torch.profiler.ProfilerActivity.CUDA)
-    with torch.profiler.profile(activities=acts) as prof:
+    # Without a GPU there is nothing to trace (and the CPU tracer would stall the engine's threads).
+    gpu = torch.cuda.is_available()
+    acts = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
+    with (torch.profiler.profile(activities=acts) if gpu else contextlib.nullcontext()) as prof:
+        # The counters inside the trace: starting and stopping it take a while, during which an
+        # engine running on another thread (the offline window) keeps stepping.
+        before = llm.llm_engine.get_stats()
         t0 = time.perf_counter()
         run()
         wall = time.perf_counter() - t0
-    after = llm.llm_engine.get_stats()
+        after = llm.llm_engine.get_stats()
     steps = after["num_steps"] - before["num_steps"]
     by_name = defaultdict(lambda: [0.0, 0])
     total_us = 0.0
-    for ev in prof.events():
+    events = prof.events() if gpu else []
+    for ev in events:
         if ev.device_type != torch.autograd.DeviceType.CUDA:
             continue
         dur = ev.device_time if hasattr(ev, "device_time") else ev.cuda_time
         by_name[short(ev.name)][0] += dur
         by_name[short(ev.name)][1] += 1
         total_us += dur
-    timelines = timeline(prof.events(), torch, max(steps, 1))
+    timelines = timeline(events, torch, max(steps, 1))
     ranked = sorted(by_name.items(), key=lambda kv: -kv[1][0])
     kernels = [{"name": n, "total_ms": us / 1e3, "calls": c, "ms_per_step": us / 1e3 / max(steps, 1),
                 "share": us / total_us if total_us else 0.0} for n, (us, c) in ranked]
@@ -125,7 +129,7 @@ def trace(llm, torch, run, top):
         "generated_tokens_per_step": (after["num_generation_tokens"] - before["num_generation_tokens"]) / max(steps, 1),
         "kernels": kernels[: max(top, 40)],
         "timeline": timelines,
-        "runtime": runtime_calls(prof.events(), torch, max(steps, 1)),
+        "runtime": runtime_calls(events, torch, max(steps, 1)),
     }
 
 
