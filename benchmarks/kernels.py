@@ -122,6 +122,9 @@ def main(argv=None) -> int:
               f"= {r['cublas_pct_of_copy']:.0f}%; torch.matmul {r['torch_ms']:.4f} ms"
               + (f"; with SwiGLU fused {r['gated_ms']:.4f} ms (decode GEMM then silu_and_mul {r['unfused_ms']:.4f})"
                  if "gated_ms" in r else ""))
+    for r in data.get("sampling", []):
+        print(f"sampling {r['rows']:3d} rows x 128256 {r['mode']:17s}: {r['ms']:.4f} ms, {r['us_per_row']:.1f} us/row "
+              f"= {r['passes']:.1f} reads of the logits at copy speed")
     print(f"Results: {path}")
     b64 = [r for r in data["decode_attention"] if r["batch"] == 64]
     big = [r for r in data["linear"] if r["m"] >= 2048]

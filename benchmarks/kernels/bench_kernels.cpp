@@ -9,11 +9,15 @@
 //                 TFLOP/s (benchmarks/kernels.py times torch.matmul on the same shapes)
 //   skinny        the decode GEMM (kernels/linear/skinny_gemm.cu) at M = 1..256, every tiling,
 //                 against the cuBLASLt linear, weights cycled so that none is read from L2
+//   sampling      the GPU sampler (kernels/sampling/sampler.cu) on R rows of Llama-3's 128256
+//                 float logits: greedy, a random draw (temperature 1), a draw with top-p 0.9;
+//                 also as passes over the logits (ms / the time to read them once at copy speed)
 // Inputs are random (never zeros), timing is CUDA events around `reps` launches after warm-up,
 // the median of `trials` such timings. Prints one JSON object to stdout.
 //
 //   bench_kernels [--heads 32] [--kv-heads 8] [--head-dim 128] [--block-size 16]
 //                 [--attention-only 1]      copy and attention only
+//                 [--sampling-only 1]       copy and sampling only
 //                 [--prefill-tokens T]      only the T-token prefill attention, three launches
 //                                           (for a profiler: ncu --launch-skip 2 --launch-count 1)
 #include <cuda_runtime.h>
@@ -39,7 +43,7 @@ namespace {
 
 struct Args {
   int heads = 32, kv_heads = 8, head_dim = 128, block_size = 16;
-  int attention_only = 0, prefill_tokens = 0;
+  int attention_only = 0, prefill_tokens = 0, sampling_only = 0;
 };
 
 // Median over `trials` of the mean time (ms) of `reps` calls of fn, after `warmup` calls.
@@ -75,6 +79,49 @@ Tensor random_bf16(CudaBackend& be, Shape shape, std::mt19937& rng) {
   Tensor dev = be.empty(shape, DType::kBF16);
   be.copy(dev, host);
   return dev;
+}
+
+// The sampler on `rows` rows of random logits (N(0, 3^2): a spread like a model's), every row of
+// one mode; prints one JSON entry per (rows, mode).
+void time_sampling(CudaBackend& be, double copy_gbs, std::mt19937& rng, bool first) {
+  constexpr int kVocab = 128256;
+  for (int rows : {1, 64, 256}) {
+    Tensor host = Tensor::empty({rows, kVocab}, DType::kF32);
+    std::normal_distribution<float> dist(0.0f, 3.0f);
+    float* p = host.data_as<float>();
+    for (int64_t i = 0; i < host.numel(); ++i) p[i] = dist(rng);
+    Tensor logits = be.empty({rows, kVocab}, DType::kF32);
+    be.copy(logits, host);
+    const int64_t row_words = (sizeof(kernels::GpuSampleRow) + 3) / 4;
+    const int64_t result_words = (sizeof(kernels::GpuSampleResult) + 3) / 4;
+    Tensor d_rows = be.empty({rows * row_words}, DType::kI32);
+    Tensor d_results = be.empty({rows * result_words}, DType::kI32);
+    struct Mode {
+      const char* name;
+      int32_t mode;
+      float top_p;
+    };
+    for (const Mode& m : {Mode{"greedy", kernels::kSampleGreedy, 1.0f}, Mode{"random", kernels::kSampleRandom, 1.0f},
+                          Mode{"random_top_p_0.9", kernels::kSampleRandom, 0.9f}}) {
+      std::vector<kernels::GpuSampleRow> rs(rows);
+      std::uniform_real_distribution<double> u(0.0, 1.0);
+      for (int r = 0; r < rows; ++r) {
+        rs[r].logits = logits.data_as<float>() + static_cast<int64_t>(r) * kVocab;
+        rs[r].mode = m.mode;
+        rs[r].top_p = m.top_p;
+        rs[r].u = u(rng);
+      }
+      LLMCORE_CUDA_CHECK(cudaMemcpy(d_rows.data(), rs.data(), rs.size() * sizeof(rs[0]), cudaMemcpyHostToDevice));
+      const auto* dr = static_cast<const kernels::GpuSampleRow*>(d_rows.data());
+      auto* dres = static_cast<kernels::GpuSampleResult*>(d_results.data());
+      const double ms = time_ms(be, [&] { kernels::sample_rows(dr, dres, rows, kVocab, be.stream()); });
+      const double read_ms = rows * static_cast<double>(kVocab) * 4 / (copy_gbs * 1e9 / 2) * 1e3;
+      std::printf("%s{\"rows\": %d, \"mode\": \"%s\", \"ms\": %.4f, \"us_per_row\": %.2f, \"passes\": %.1f}",
+                  first ? "" : ", ", rows, m.name, ms, ms * 1e3 / rows, ms / read_ms);
+      first = false;
+      std::fflush(stdout);
+    }
+  }
 }
 
 Tensor device_i32(CudaBackend& be, const std::vector<int32_t>& v, Shape shape) {
@@ -147,6 +194,7 @@ int main(int argc, char** argv) {
     else if (f == "--block-size") a.block_size = v;
     else if (f == "--attention-only") a.attention_only = v;
     else if (f == "--prefill-tokens") a.prefill_tokens = v;
+    else if (f == "--sampling-only") a.sampling_only = v;
     else {
       std::fprintf(stderr, "unknown flag %s\n", f.c_str());
       return 2;
@@ -177,6 +225,12 @@ int main(int argc, char** argv) {
   std::printf(", \"copy\": {\"bytes\": %lld, \"ms\": %.4f, \"GB/s\": %.1f}", static_cast<long long>(copy_bytes), copy_ms, copy_gbs);
   src = Tensor();
   dst = Tensor();
+  if (a.sampling_only) {
+    std::printf(", \"sampling\": [");
+    time_sampling(be, copy_gbs, rng, true);
+    std::printf("]}\n");
+    return 0;
+  }
 
   // Decode attention: batch 64 (and 1, 256), contexts 256 .. 8192.
   std::printf(", \"decode_attention\": [");
@@ -309,6 +363,9 @@ int main(int argc, char** argv) {
       std::fflush(stdout);
     }
   }
+  std::printf("]");
+  std::printf(", \"sampling\": [");
+  time_sampling(be, copy_gbs, rng, true);
   std::printf("]}\n");
   return 0;
 }
