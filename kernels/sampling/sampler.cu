@@ -15,8 +15,10 @@
 // The draw works in sampling order (processed logit descending, lower id first) without sorting:
 // "the first element at which the running weight exceeds a target" is found by a radix selection
 // over the 32-bit order key of the processed logit, 4 bits per pass (per-thread 16-bucket
-// histograms, no atomics), then a block scan over the tied elements in id order. Weights are
+// histograms in dynamic shared memory, no atomics), then a block scan over the tied elements in
+// id order. Weights are
 // integers (floor(w * 2^40)), so sums are exact and every pass agrees with every other.
+#include <atomic>
 #include <cfloat>
 #include <cmath>
 
@@ -30,6 +32,9 @@ constexpr int kThreads = 512;
 constexpr int kWarps = kThreads / 32;
 constexpr int kBuckets = 16;  // 4-bit digits
 constexpr float kMassScaleF = 1099511627776.0f;  // 2^40, as kMassScale in sampler.h
+// Dynamic shared memory: every thread's histogram, bucket-major ([kBuckets][kThreads]), so a
+// warp's read-modify-write of its lanes' buckets touches consecutive words whatever the digits.
+constexpr size_t kHistBytes = sizeof(uint64_t) * kBuckets * kThreads;
 
 // Sortable key of a float: larger float, larger key (-0 and +0 equal, as they compare).
 __device__ __forceinline__ uint32_t order_key(float x) {
@@ -188,22 +193,24 @@ struct Selected {
 template <typename Elem>
 __device__ Selected select_crossing(const Elem& elem, int vocab, uint64_t target, Shared& sm) {
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  extern __shared__ uint64_t hist_s[];  // [kBuckets][kThreads], this thread's column
+  uint64_t* const my_hist = hist_s + threadIdx.x;
   uint32_t prefix = 0, mask = 0;
   uint64_t base = 0;  // weight of admitted elements whose key is above the prefix's range
   for (int shift = 28; shift >= 0; shift -= 4) {
-    uint64_t h[kBuckets];
 #pragma unroll
-    for (int d = 0; d < kBuckets; ++d) h[d] = 0;
+    for (int d = 0; d < kBuckets; ++d) my_hist[d * kThreads] = 0;
+    // One shared-memory add per element (a register histogram indexed by the digit would take
+    // a compare and a select per bucket: 16 per element).
     for (int i = threadIdx.x; i < vocab; i += kThreads) {
       uint32_t key;
       uint64_t w;
       if (!elem(i, &key, &w) || (key & mask) != prefix) continue;
-      const uint32_t digit = (key >> shift) & (kBuckets - 1);
-#pragma unroll
-      for (int d = 0; d < kBuckets; ++d) h[d] += digit == static_cast<uint32_t>(d) ? w : 0u;
+      my_hist[((key >> shift) & (kBuckets - 1)) * kThreads] += w;
     }
+    uint64_t h[kBuckets];
 #pragma unroll
-    for (int d = 0; d < kBuckets; ++d) h[d] = warp_sum_u64(h[d]);
+    for (int d = 0; d < kBuckets; ++d) h[d] = warp_sum_u64(my_hist[d * kThreads]);
     __syncthreads();
     if (lane == 0) {
 #pragma unroll
@@ -441,7 +448,17 @@ void sample_rows(const GpuSampleRow* rows, GpuSampleResult* results, int num_row
                  cudaStream_t stream) {
   LLMCORE_CHECK(vocab_size > 0, "sample_rows: vocab_size ", vocab_size);
   if (num_rows == 0) return;
-  SampleRowsKernel<<<num_rows, kThreads, 0, stream>>>(rows, results, vocab_size);
+  // Over the 48 KB a kernel gets without asking: once per device.
+  static std::atomic<uint64_t> done_devices{0};
+  int device = 0;
+  LLMCORE_CUDA_CHECK(cudaGetDevice(&device));
+  const uint64_t bit = device < 64 ? uint64_t{1} << device : 0;
+  if (bit == 0 || (done_devices.load(std::memory_order_acquire) & bit) == 0) {
+    LLMCORE_CUDA_CHECK(cudaFuncSetAttribute(SampleRowsKernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                            static_cast<int>(kHistBytes)));
+    done_devices.fetch_or(bit, std::memory_order_release);
+  }
+  SampleRowsKernel<<<num_rows, kThreads, kHistBytes, stream>>>(rows, results, vocab_size);
   LLMCORE_CUDA_CHECK_LAUNCH();
 }
 
