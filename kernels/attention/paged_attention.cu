@@ -35,6 +35,7 @@
 #include "kernels/attention/attention.h"
 #include "kernels/attention/paged_attention_tile.cuh"
 #include "kernels/common/dispatch.cuh"
+#include "kernels/common/dynamic_smem.h"
 #include "kernels/common/pdl.cuh"
 
 namespace llmcore::kernels {
@@ -509,8 +510,6 @@ int cc_major(int device) {
 template <typename T, int D, bool kSplit, bool kLong>
 size_t prepare() {
   using Cta = CtaShape<kSplit, kLong>;
-  int device = 0;
-  LLMCORE_CUDA_CHECK(cudaGetDevice(&device));
   // Tiles, then (long CTAs) the fold of finished partitions: D / 2 floats per thread. Long CTAs
   // (sm_90 and later) get three stages (kStages is that of the host pass; a build without sm_90a
   // code runs two in the same room).
@@ -518,13 +517,8 @@ size_t prepare() {
   const size_t smem = TileShape<D, kLong>::smem_bytes(Cta::kRows, stages, sizeof(T)) +
                       (kLong ? static_cast<size_t>(Cta::kThreads) * (D / 2) * sizeof(float) : 0);
   static std::atomic<uint64_t> done_devices{0};
-  const uint64_t bit = device < 64 ? uint64_t{1} << device : 0;
-  if (bit == 0 || (done_devices.load(std::memory_order_acquire) & bit) == 0) {
-    LLMCORE_CUDA_CHECK(cudaFuncSetAttribute(PagedAttentionKernel<T, D, kSplit, kLong>,
-                                            cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                            static_cast<int>(smem)));
-    done_devices.fetch_or(bit, std::memory_order_release);
-  }
+  allow_dynamic_smem(reinterpret_cast<const void*>(PagedAttentionKernel<T, D, kSplit, kLong>), smem,
+                     done_devices);
   return smem;
 }
 

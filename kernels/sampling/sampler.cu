@@ -16,13 +16,14 @@
 // "the first element at which the running weight exceeds a target" is found by a radix selection
 // over the 32-bit order key of the processed logit, 4 bits per pass (per-thread 16-bucket
 // histograms in dynamic shared memory, no atomics), then a block scan over the tied elements in
-// id order. Weights are
-// integers (floor(w * 2^40)), so sums are exact and every pass agrees with every other.
+// id order. Weights are integers (floor(w * 2^40)), so sums are exact and every pass agrees with
+// every other.
 #include <atomic>
 #include <cfloat>
 #include <cmath>
 
 #include "kernels/common/cuda_check.h"
+#include "kernels/common/dynamic_smem.h"
 #include "kernels/kernels.h"
 
 namespace llmcore::kernels {
@@ -448,16 +449,8 @@ void sample_rows(const GpuSampleRow* rows, GpuSampleResult* results, int num_row
                  cudaStream_t stream) {
   LLMCORE_CHECK(vocab_size > 0, "sample_rows: vocab_size ", vocab_size);
   if (num_rows == 0) return;
-  // Over the 48 KB a kernel gets without asking: once per device.
   static std::atomic<uint64_t> done_devices{0};
-  int device = 0;
-  LLMCORE_CUDA_CHECK(cudaGetDevice(&device));
-  const uint64_t bit = device < 64 ? uint64_t{1} << device : 0;
-  if (bit == 0 || (done_devices.load(std::memory_order_acquire) & bit) == 0) {
-    LLMCORE_CUDA_CHECK(cudaFuncSetAttribute(SampleRowsKernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                            static_cast<int>(kHistBytes)));
-    done_devices.fetch_or(bit, std::memory_order_release);
-  }
+  allow_dynamic_smem(reinterpret_cast<const void*>(SampleRowsKernel), kHistBytes, done_devices);
   SampleRowsKernel<<<num_rows, kThreads, kHistBytes, stream>>>(rows, results, vocab_size);
   LLMCORE_CUDA_CHECK_LAUNCH();
 }
