@@ -154,11 +154,11 @@ def load_bench_module(name: str):
     return module
 
 
-def run_serving(args, tmp_path: Path, expect_ok: bool = True):
+def run_serving(args, tmp_path: Path, expect_ok: bool = True, extra_env=None):
     """-> (stdout lines, the JSON record or None, argv, the process) of one serving.py run."""
     out_json = tmp_path / "serving.json"
     argv = [sys.executable, str(BENCH / "serving.py"), *args, "--output-json", str(out_json)]
-    env = dict(os.environ, LLMCORE_CPU_KVCACHE_SPACE="0.05")
+    env = dict(os.environ, LLMCORE_CPU_KVCACHE_SPACE="0.05", **(extra_env or {}))
     proc = subprocess.run(argv, capture_output=True, text=True, timeout=180, cwd=ROOT, env=env)
     if expect_ok:
         assert proc.returncode == 0, f"serving.py failed:\n{proc.stdout}\n{proc.stderr}"
@@ -210,6 +210,34 @@ def test_profile_step_offline_window_smoke(tiny_model, tmp_path):
     assert r["steps"] > 0 and r["wall_ms_per_step"] * r["steps"] == pytest.approx(200, rel=0.3)
     assert 0 < r["generated_tokens_per_step"] <= prompts
     assert lines[-1].startswith("Profile: offline ")
+
+
+def test_ttft_trace_stamps_each_request_in_order(tiny_model, tmp_path):
+    """benchmarks/ttft_trace: with the server's functions wrapped, every streamed request (the warm-up
+    one too) gets all its stamps, in the order the request passes them, and report.py reads them."""
+    pytest.importorskip("aiohttp")
+    trace = tmp_path / "trace.jsonl"
+    path = os.pathsep.join([str(BENCH / "ttft_trace"), os.environ.get("PYTHONPATH", "")])
+    n = 3
+    run_serving(["--launch-server", "--model", str(tiny_model), *SERVER_FLAGS, "--num-prompts", str(n),
+                 "--random-input-len", "12", "--random-output-len", "4", "--max-concurrency", "1",
+                 "--save-detailed", "--client", "aiohttp", "--disable-tqdm"], tmp_path,
+                extra_env={"LLMCORE_TTFT_TRACE": str(trace), "PYTHONPATH": path})
+    stamps = {}
+    for line in trace.read_text().splitlines():
+        d = json.loads(line)
+        stamps.setdefault(d.pop("rid"), {}).update(d)
+    assert len(stamps) == n + 1  # and the warm-up request
+    order = "ABCSDREGIJHF"
+    for rid, st in stamps.items():
+        assert sorted(st) == sorted(order), rid
+        times = [st[k] for k in order]
+        assert times == sorted(times), (rid, {k: st[k] - st["A"] for k in order})
+    report = subprocess.run([sys.executable, str(BENCH / "ttft_trace" / "report.py"), str(trace),
+                             str(tmp_path / "serving.json")], capture_output=True, text=True, timeout=60)
+    assert report.returncode == 0, report.stderr
+    assert report.stdout.splitlines()[0] == f"{n + 1} of {n + 1} requests have every stamp"
+    assert "client TTFT" in report.stdout
 
 
 def test_serving_smoke_completions_and_offline(tiny_model, tmp_path):
