@@ -34,6 +34,7 @@
 
 #include "kernels/attention/attention.h"
 #include "kernels/attention/paged_attention_tile.cuh"
+#include "kernels/common/device_caps.h"
 #include "kernels/common/dispatch.cuh"
 #include "kernels/common/dynamic_smem.h"
 #include "kernels/common/pdl.cuh"
@@ -496,17 +497,6 @@ void check_device_tensor(const Tensor& t, const char* what, DType dtype, const S
 
 // The kernel's dynamic shared memory bytes, after raising its limit to that on the current
 // device (an attribute per device and function: set once per device, under 64 devices).
-// The compute capability's major number of `device` (< 64), queried once per device.
-int cc_major(int device) {
-  static std::atomic<int> majors[64];  // 0: not queried yet
-  int m = device < 64 ? majors[device].load(std::memory_order_relaxed) : 0;
-  if (m == 0) {
-    LLMCORE_CUDA_CHECK(cudaDeviceGetAttribute(&m, cudaDevAttrComputeCapabilityMajor, device));
-    if (device < 64) majors[device].store(m, std::memory_order_relaxed);
-  }
-  return m;
-}
-
 template <typename T, int D, bool kSplit, bool kLong>
 size_t prepare() {
   using Cta = CtaShape<kSplit, kLong>;
@@ -527,7 +517,7 @@ template <typename T, int D>
 void launch(Params p, int64_t num_tokens, const AttentionMetadata& meta, cudaStream_t stream) {
   int device = 0;
   LLMCORE_CUDA_CHECK(cudaGetDevice(&device));
-  p.long_walk = kSeparateLongWalk<D> && cc_major(device) >= 9;
+  p.long_walk = kSeparateLongWalk<D> && compute_capability_major(device) >= 9;
   // Walking slots of CTAs of m rows: sum over s of (floor(qsl[s+1] g / m) - floor(qsl[s] g / m)
   // + 1).
   // The grid of a walking kernel, in the order q.heads_inner asks for (set to 0 where the slots

@@ -20,6 +20,7 @@
 #include <cstring>
 
 #include "kernels/common/cuda_check.h"
+#include "kernels/common/device_caps.h"
 
 namespace llmcore::kernels {
 
@@ -42,11 +43,8 @@ inline bool pdl_enabled() {
     return v == nullptr || std::strcmp(v, "0") != 0;
   }();
   if (!allowed) return false;
-  int device = 0, major = 0;
-  if (cudaGetDevice(&device) != cudaSuccess ||
-      cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) != cudaSuccess)
-    return false;
-  return major >= 9;
+  int device = 0;
+  return cudaGetDevice(&device) == cudaSuccess && compute_capability_major(device) >= 9;
 }
 
 // kernel<<<grid, block, smem, stream>>>(args...), allowed to overlap the previous kernel's tail.
