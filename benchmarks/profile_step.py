@@ -50,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--window-s", type=float, default=2.0, help="offline: seconds traced")
     p.add_argument("--top", type=int, default=15, help="kernels listed per workload")
     p.add_argument("--workloads", default="decode-b1,decode-bN,prefill",
-                   help="comma-separated subset of decode-b1, decode-bN, prefill")
+                   help="comma-separated subset of decode-b1, decode-bN, prefill, offline")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--output-json", default=None)
     common.add_engine_args(p)
@@ -208,10 +208,10 @@ def main(argv=None) -> int:
         f"decode-b{args.batch}": (common.random_token_ids(args.batch, 128, vocab, args.seed + 1), args.decode_tokens),
         "prefill": (common.random_token_ids(args.prefill_prompts, args.prefill_len, vocab, args.seed + 2), 1),
     }
-    if "offline" in [w.strip() for w in args.workloads.split(",")]:
+    wanted = {w.strip().replace("decode-bN", f"decode-b{args.batch}") for w in args.workloads.split(",")}
+    if "offline" in wanted:  # 1000 x 1024 ids: drawn only when asked for
         workloads["offline"] = (common.random_token_ids(args.offline_prompts, args.offline_input_len, vocab,
                                                         args.seed + 3), args.offline_output_len)
-    wanted = {w.strip().replace("decode-bN", f"decode-b{args.batch}") for w in args.workloads.split(",")}
     results = {}
     for name, (prompts, max_tokens) in workloads.items():
         if name not in wanted:

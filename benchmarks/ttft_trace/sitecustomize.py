@@ -24,10 +24,14 @@ import time
 _PATH = os.environ.get("LLMCORE_TTFT_TRACE")
 
 
-def _stamp(rid, key):
+def _write(rid, **stamps):
     if rid is not None:
         with open(_PATH, "a") as f:
-            f.write(json.dumps({"rid": rid, key: time.time()}) + "\n")
+            f.write(json.dumps({"rid": rid, **stamps}) + "\n")
+
+
+def _stamp(rid, key):
+    _write(rid, **{key: time.time()})
 
 
 def _install():
@@ -48,18 +52,15 @@ def _install():
 
     async def traced_generate(self, ids, params, request_id=None, prompt=None):
         if entry.get() is not None:
-            with open(_PATH, "a") as f:
-                f.write(json.dumps({"rid": request_id, "A": entry.get()}) + "\n")
+            _write(request_id, A=entry.get())
         _stamp(request_id, "B")
         first = True
         async for out in generate(self, ids, params, request_id, prompt):
             if first:
                 first = False
                 m = out.metrics
-                with open(_PATH, "a") as f:
-                    f.write(json.dumps({"rid": request_id, "E": time.time(), "C": m.arrival_time,
-                                        "S": m.first_scheduled_time, "D": m.first_token_time,
-                                        "R": routed.pop(request_id, None)}) + "\n")
+                _write(request_id, E=time.time(), C=m.arrival_time, S=m.first_scheduled_time,
+                       D=m.first_token_time, R=routed.pop(request_id, None))
             yield out
 
     async_engine.AsyncLLM.generate = traced_generate
