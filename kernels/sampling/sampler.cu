@@ -141,19 +141,33 @@ struct Row {
   int vocab;
 };
 
-// The draw's view of an element: its order key, whether it is a candidate (w > 0 after min-p)
-// and its integer weight.
-struct DrawWeights {
+// The views of an element the selections take: key(i), its order key (cheap), and weigh(i, key,
+// &w), whether it is admitted and its integer weight (for a draw: a division and an exp). A
+// selection pass looks at the key first and weighs only the elements in its key range; the call
+// operator does both.
+template <typename Self>
+struct ElementView {
+  __device__ __forceinline__ bool operator()(int i, uint32_t* key, uint64_t* w) const {
+    const Self& self = static_cast<const Self&>(*this);
+    *key = self.key(i);
+    return self.weigh(i, *key, w);
+  }
+};
+
+// The draw's view of an element: whether it is a candidate (w > 0 after min-p) and its integer
+// weight.
+struct DrawWeights : ElementView<DrawWeights> {
   const float* proc;
   float temperature;
   float max_y;   // max processed logit / temperature
   float min_p;
-  __device__ __forceinline__ bool operator()(int i, uint32_t* key, uint64_t* mass) const {
-    const float x = proc[i];
-    const float y = x / temperature;
+  __device__ DrawWeights(const float* p, float t, float m, float mp)
+      : proc(p), temperature(t), max_y(m), min_p(mp) {}
+  __device__ __forceinline__ uint32_t key(int i) const { return order_key(proc[i]); }
+  __device__ __forceinline__ bool weigh(int i, uint32_t, uint64_t* mass) const {
+    const float y = proc[i] / temperature;
     float w = isinf(max_y) && max_y > 0.0f ? (y == max_y ? 1.0f : 0.0f) : expf(y - max_y);
     if (w < min_p) w = 0.0f;
-    *key = order_key(x);
     *mass = __float2ull_rz(w * kMassScaleF);
     return w > 0.0f;
   }
@@ -162,23 +176,26 @@ struct DrawWeights {
 // Elements `elem` admits, restricted to those at or before two boundaries, weighted by their mass
 // (kMass) or by 1.
 template <typename Elem, bool kMass>
-struct Restricted {
+struct Restricted : ElementView<Restricted<Elem, kMass>> {
   Elem elem;
   Boundary a, b;
-  __device__ __forceinline__ bool operator()(int i, uint32_t* key, uint64_t* w) const {
+  __device__ Restricted(const Elem& e, Boundary a_, Boundary b_) : elem(e), a(a_), b(b_) {}
+  __device__ __forceinline__ uint32_t key(int i) const { return elem.key(i); }
+  __device__ __forceinline__ bool weigh(int i, uint32_t key, uint64_t* w) const {
+    if (!at_or_before(key, i, a) || !at_or_before(key, i, b)) return false;
     uint64_t mass;
-    if (!elem(i, key, &mass)) return false;
-    if (!at_or_before(*key, i, a) || !at_or_before(*key, i, b)) return false;
+    if (!elem.weigh(i, key, &mass)) return false;
     *w = kMass ? mass : 1u;
     return true;
   }
 };
 
 // Every raw logit, weighted 1 (top-n logprobs).
-struct RawCount {
+struct RawCount : ElementView<RawCount> {
   const float* raw;
-  __device__ __forceinline__ bool operator()(int i, uint32_t* key, uint64_t* w) const {
-    *key = order_key(raw[i]);
+  __device__ explicit RawCount(const float* r) : raw(r) {}
+  __device__ __forceinline__ uint32_t key(int i) const { return order_key(raw[i]); }
+  __device__ __forceinline__ bool weigh(int, uint32_t, uint64_t* w) const {
     *w = 1u;
     return true;
   }
@@ -204,9 +221,9 @@ __device__ Selected select_crossing(const Elem& elem, int vocab, uint64_t target
     // One shared-memory add per element (a register histogram indexed by the digit would take
     // a compare and a select per bucket: 16 per element).
     for (int i = threadIdx.x; i < vocab; i += kThreads) {
-      uint32_t key;
+      const uint32_t key = elem.key(i);
       uint64_t w;
-      if (!elem(i, &key, &w) || (key & mask) != prefix) continue;
+      if ((key & mask) != prefix || !elem.weigh(i, key, &w)) continue;
       my_hist[((key >> shift) & (kBuckets - 1)) * kThreads] += w;
     }
     uint64_t h[kBuckets];
@@ -241,9 +258,9 @@ __device__ Selected select_crossing(const Elem& elem, int vocab, uint64_t target
   const int hi = min(vocab, lo + chunk);
   uint64_t mine = 0;
   for (int i = lo; i < hi; ++i) {
-    uint32_t key;
+    const uint32_t key = elem.key(i);
     uint64_t w;
-    if (elem(i, &key, &w) && key == prefix) mine += w;
+    if (key == prefix && elem.weigh(i, key, &w)) mine += w;
   }
   const uint64_t before = base + block_exclusive_scan_u64(mine, sm);
   if (threadIdx.x == 0) {
@@ -254,9 +271,9 @@ __device__ Selected select_crossing(const Elem& elem, int vocab, uint64_t target
   if (before <= target && before + mine > target) {
     uint64_t run = before;
     for (int i = lo; i < hi; ++i) {
-      uint32_t key;
+      const uint32_t key = elem.key(i);
       uint64_t w;
-      if (elem(i, &key, &w) && key == prefix) {
+      if (key == prefix && elem.weigh(i, key, &w)) {
         run += w;
         if (run > target) {
           sm.found_id = i;
