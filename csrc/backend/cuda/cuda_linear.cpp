@@ -177,6 +177,7 @@ const CublasLtLinear::Plan& CublasLtLinear::plan_for(const PlanKey& key, const v
   std::vector<cublasLtMatmulAlgo_t> candidates;
   int num_results_total = 0;
   for (int64_t m : sizes.heuristic) {
+    if (m == 0) break;
     Problem rep(n, k, m, in, out, bias);
     cublasLtMatmulHeuristicResult_t results[kHeuristicCandidates];
     std::memset(results, 0, sizeof(results));
@@ -232,6 +233,7 @@ const CublasLtLinear::Plan& CublasLtLinear::plan_for(const PlanKey& key, const v
       LLMCORE_CUDA_CHECK(cudaEventCreate(&start));
       LLMCORE_CUDA_CHECK(cudaEventCreate(&stop));
       for (int64_t m_want : sizes.timed) {
+        if (m_want == 0) break;
         const int64_t m = std::max<int64_t>(1, std::min<int64_t>(m_want, (int64_t{256} << 20) / (n * out_size)));
         Tensor x = empty_on_stream({m, k}, in, device_, stream_);
         Tensor d = empty_on_stream({m, n}, out, device_, stream_);

@@ -40,16 +40,17 @@ class CublasLtLinear {
   size_t num_plans() const;
 
   // Token counts a role's candidates come from (cuBLASLt's heuristic is asked at each) and are
-  // timed at (see the .cpp): kAny decode and prefill sizes, kPrompt prefill chunks (the engine's
-  // default budget is 8192 tokens per step), kGenerated decode batches (up to 256 sequences).
+  // timed at (see the .cpp; 0 ends a list): kAny decode and prefill sizes, kPrompt prefill chunks
+  // (the engine's default budget is 8192 tokens per step), kGenerated decode batches (up to 256
+  // sequences).
   struct RoleTokens {
-    int64_t heuristic[3];
-    int64_t timed[3];
+    int64_t heuristic[4];
+    int64_t timed[4];
   };
   static constexpr RoleTokens kRoleTokens[] = {
-      {{1, 128, 2048}, {1, 64, 2048}},      // kAny
-      {{512, 2048, 8192}, {512, 2048, 8192}},  // kPrompt
-      {{1, 64, 256}, {1, 64, 256}},         // kGenerated
+      {{1, 128, 2048, 0}, {1, 64, 2048, 0}},                // kAny
+      {{512, 2048, 4096, 8192}, {512, 2048, 4096, 8192}},  // kPrompt
+      {{1, 64, 256, 0}, {1, 64, 256, 0}},                   // kGenerated
   };
   static constexpr size_t kWorkspaceBytes = size_t{32} << 20;
 
