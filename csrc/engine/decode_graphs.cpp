@@ -118,11 +118,16 @@ void DecodeGraphs::upload(const SchedulerOutput* out, int batch, int width) {
   const int n = out ? static_cast<int>(out->scheduled.size()) : 0;
   int32_t* a = host_;
   int32_t* tables = host_ + kNumArrays * stride_;  // [batch, width]
+  // Only each row's entries for its keys are written and copied (the kernels read no further):
+  // the [batch, widest] corner of the table, not all `width` columns (512 at an 8192-token
+  // context limit: 512 KiB per step at batch 256).
+  int widest = 1;
   for (int i = 0; i < batch; ++i) {
     a[kLogitsRows * stride_ + i] = i;
     a[kQueryStart * stride_ + i] = i;
     int32_t* row = tables + static_cast<int64_t>(i) * width;
-    int used = 0;  // table entries of the row's keys (the kernels read no further); zeros after
+    int used = 1;  // table entries of the row's keys
+    row[0] = 0;
     if (i < n) {
       const Sequence& seq = *out->scheduled[i].seq;
       const int pos = seq.num_computed_tokens;
@@ -130,15 +135,16 @@ void DecodeGraphs::upload(const SchedulerOutput* out, int batch, int width) {
       a[kPositions * stride_ + i] = pos;
       a[kSlots * stride_ + i] = seq.block_table[pos / block_size_] * block_size_ + pos % block_size_;
       a[kSeqLens * stride_ + i] = pos + 1;
-      used = std::min(pos / block_size_ + 1, static_cast<int>(seq.block_table.size()));
-      std::copy_n(seq.block_table.begin(), used, row);
+      const int entries = std::min(pos / block_size_ + 1, static_cast<int>(seq.block_table.size()));
+      std::copy_n(seq.block_table.begin(), entries, row);
+      used = std::max(used, entries);
     } else {  // padding: one key (block 0, slot 0), nothing written to the cache
       a[kTokens * stride_ + i] = 0;
       a[kPositions * stride_ + i] = 0;
       a[kSlots * stride_ + i] = -1;
       a[kSeqLens * stride_ + i] = 1;
     }
-    std::fill(row + used, row + width, 0);
+    widest = std::max(widest, used);
   }
   a[kQueryStart * stride_ + batch] = batch;
   cuda::DeviceGuard guard(backend_.device_index());
@@ -146,9 +152,10 @@ void DecodeGraphs::upload(const SchedulerOutput* out, int batch, int width) {
   // The pinned staging is rewritten only after the step's sampler synchronized the stream.
   LLMCORE_CUDA_CHECK(cudaMemcpyAsync(d, host_, kNumArrays * stride_ * sizeof(int32_t),
                                      cudaMemcpyHostToDevice, backend_.stream()));
-  LLMCORE_CUDA_CHECK(cudaMemcpyAsync(d + kNumArrays * stride_, tables,
-                                     static_cast<size_t>(batch) * width * sizeof(int32_t),
-                                     cudaMemcpyHostToDevice, backend_.stream()));
+  const size_t pitch = static_cast<size_t>(width) * sizeof(int32_t);
+  LLMCORE_CUDA_CHECK(cudaMemcpy2DAsync(d + kNumArrays * stride_, pitch, tables, pitch,
+                                       static_cast<size_t>(widest) * sizeof(int32_t), batch,
+                                       cudaMemcpyHostToDevice, backend_.stream()));
   if (out == nullptr) backend_.synchronize();
 }
 

@@ -57,7 +57,9 @@ class DecodeGraphs {
   // that many keys (a short-context step uploads no table columns its keys cannot reach).
   int table_width(int context_limit) const;
   // Fills the host staging for `batch` rows from `out` (padding past its sequences), the block
-  // table as [batch, width], and copies the used parts to the device buffer.
+  // table as [batch, width] with each row's entries for its keys only (the columns past them keep
+  // what an earlier step left: no kernel reads them), and copies the arrays and the table's
+  // [batch, widest row] corner to the device buffer.
   void upload(const SchedulerOutput* out, int batch, int width);
 
   CudaBackend& backend_;
