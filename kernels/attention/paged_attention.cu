@@ -7,8 +7,8 @@
 // in partitions of kPartition keys (aligned too). A "walking" CTA (4 warps, 64 rows) visits
 // all partitions of its rows; a decode row whose keys span several partitions is "split": one
 // CTA (1 warp, 16 rows) per partition, then a combine kernel (CtaShape in the .cuh). For head
-// dim 128 the walking CTAs of prompts run in a kernel of their own (8 warps, 128 rows), on
-// Hopper's warpgroup MMA (kSeparateLongWalk).
+// dim 128 the walking CTAs of prompts run in a kernel of their own (8 math warps, 128 rows, and
+// a warp that copies K/V by TMA), on Hopper's warpgroup MMA (kSeparateLongWalk).
 //
 // Why a row's bits do not depend on the batch, the chunking or the prefix cache:
 //  * mma rows are independent: a score or output row depends only on its own Q row and K/V.
@@ -26,10 +26,15 @@
 //    folds them with the same function. Both then divide with finalize().
 //  * All of that arithmetic uses explicit round-to-nearest intrinsics (no contraction).
 // Only the sign of an exact zero could differ between paths, and finalize() canonicalizes it.
+#include <cudaTypedefs.h>  // PFN_cuTensorMapEncodeTiled
+
 #include <algorithm>
 #include <atomic>
 #include <cmath>
 #include <cstdint>
+#include <map>
+#include <mutex>
+#include <tuple>
 #include <type_traits>
 
 #include "kernels/attention/attention.h"
@@ -47,10 +52,11 @@ using namespace attention_detail;
 
 // Walking CTAs of head dim 128 run in two kernels on sm_90 and later (Params::long_walk): one for
 // "long" sequences (more than 16 rows: prompts and prompt chunks), CTAs of two warpgroups and 128
-// rows whose tiles are swizzled for the warpgroup MMA (sm_90a), and one for the rest (decode
-// rows), with the padded tiles and the registers of the mma.sync path alone. Other head dims, and
-// older GPUs (the long kernel's 161-193 KB of smem exceed sm_86/89's 99 KB), walk in one kernel
-// (kLong false). Either way a row gets the same bits.
+// rows whose tiles are swizzled for the warpgroup MMA (sm_90a) and copied by TMA, and one for the
+// rest (decode rows), with the padded tiles and the registers of the mma.sync path alone. Other
+// head dims, older GPUs (the long kernel's ~200 KB of smem exceed sm_86/89's 99 KB), and caches
+// whose block size TMA boxes cannot follow (set_kv_maps) walk in one kernel (kLong false).
+// Either way a row gets the same bits.
 template <int D>
 constexpr bool kSeparateLongWalk = D == 128;
 __device__ __forceinline__ bool is_long_seq(int query_len, int group) {
@@ -68,7 +74,7 @@ __device__ __forceinline__ bool is_long_seq(int query_len, int group) {
 template <typename T, int D, bool kSplit, bool kLong>
 __global__ void __launch_bounds__(CtaShape<kSplit, kLong>::kThreads,
                                   CtaShape<kSplit, kLong>::min_blocks(D))
-    PagedAttentionKernel(const Params p) {
+    PagedAttentionKernel(const __grid_constant__ Params p) {
   static_assert(!kLong || (!kSplit && kSeparateLongWalk<D>), "long walking CTAs: head dim 128");
   // A walking CTA lets the next kernel launch at once: the split kernel, or o_proj's decode GEMM,
   // which starts loading its weights (common/pdl.cuh). A split CTA does not, so that the
@@ -224,10 +230,10 @@ __global__ void __launch_bounds__(CtaShape<kSplit, kLong>::kThreads,
   auto load_kv = [&](int stage) {
     T* kd = k_s + stage * kKVElems;
     T* vd = v_s + stage * kKVElems;
-    static_assert((kN * kChunks) % kThreads == 0, "whole chunks per thread");
 #pragma unroll
-    for (int i = 0; i < kN * kChunks / kThreads; ++i) {
+    for (int i = 0; i < (kN * kChunks + kThreads - 1) / kThreads; ++i) {
       const int c = threadIdx.x + i * kThreads;
+      if ((kN * kChunks) % kThreads != 0 && c >= kN * kChunks) break;
       const int n = c / kChunks, chunk = c % kChunks;
       const int64_t off = key_off_s[stage * kN + n];
       T* kdst = kd + Shape::off(n, chunk);
@@ -309,75 +315,151 @@ __global__ void __launch_bounds__(CtaShape<kSplit, kLong>::kThreads,
   };
 
   if constexpr (kWgmma) {
-    // Long CTAs on the warpgroup MMA, three K/V stages: in iteration t, tiles t and t + 1 are in
-    // smem and tile t + 2 is being copied; the scores of tile t + 1 are issued before tile t's
-    // softmax and run beside it. Table entries: tile t + 3's are read in iteration t and stored
-    // into tile t's slot after its math; the barrier that ends the iteration publishes them.
-    static_assert(kStages == 3, "three stages");
+    // Long CTAs on the warpgroup MMA: eight math warps (two warpgroups of 64 rows) and a copying
+    // warp (warp 8), three K/V stages filled by TMA. Tile t goes to stage (t - t_begin) % 3. The
+    // copying warp fills the three stages, then each later tile once every math warp has
+    // arrived on the stage's "empty" barrier (done with the tile before); lane j issues the
+    // copies of key segment j (p.tma_seg_rows keys of one cache block; a segment without a key of
+    // [key_lo, key_hi) is not copied) after lane 0 posted the stage's bytes on its "full"
+    // barrier, and the table entries of a tile are read a tile ahead. The math warps wait on
+    // "full", never on each other (no CTA barrier per tile), so the copies of the next tiles and
+    // either warpgroup's softmax run beside the other's products. The scores of tile t + 1 are
+    // issued before tile t's softmax and run beside it.
     // No branch may surround a warpgroup MMA or its wait (ptxas would serialize them), so every
     // warpgroup attends every tile of the CTA (a tile masked for some of its rows, or a
     // warpgroup without rows, leaves those rows' state unchanged), and the last tile is peeled.
-    const T* q_wg = q_s + Shape::off((warp / 4) * 64, 0);
+    static_assert(kStages == 3 && kThreads == Cta::kMathWarps * 32 + 32,
+                  "three stages, a copying warp");
+    constexpr int kCopyWarp = Cta::kMathWarps;
+    const int wg = warp / 4;
+    const T* q_wg = q_s + Shape::off(wg * 64, 0);
+    uint64_t* full = reinterpret_cast<uint64_t*>(run_o_s + kThreads * (D / 2));  // [kStages]
+    uint64_t* empty = full + kStages;  // [kStages]: each math warp arrives
+    const int seg_rows = p.tma_seg_rows, segs = kN / seg_rows;
+    constexpr int kSkip = -1;
+    auto stage_of = [&](int t) { return (t - t_begin) % kStages; };
+    auto parity_of = [&](int t) { return static_cast<uint32_t>((t - t_begin) / kStages) & 1u; };
+    // The cache row of this lane's segment of tile t (copying warp), kSkip, or p.tma_oob_row (NaN)
+    // for a block id outside the cache.
+    auto segment_row = [&](int t) -> int {
+      const int key0 = t * kN + lane * seg_rows;
+      if (t >= t_end || lane >= segs || key0 + seg_rows <= key_lo || key0 >= key_hi) return kSkip;
+      const int b = key0 / p.block_size;
+      const int64_t block = b < p.max_blocks_per_seq ? table[b] : -1;
+      if (block < 0 || block >= p.num_blocks) return p.tma_oob_row;
+      return static_cast<int>((block * p.num_kv_heads + kv_head) * p.block_size +
+                              key0 % p.block_size);
+    };
+    auto issue = [&](int t, int seg_row) {  // copying warp; t < t_end
+      const int stage = stage_of(t);
+      if (t - kStages >= t_begin) mbar_wait(&empty[stage], parity_of(t - kStages));
+      const unsigned copied = __ballot_sync(0xffffffffu, seg_row != kSkip);
+      if (lane == 0)
+        mbar_arrive_expect_tx(&full[stage],
+                              static_cast<uint32_t>(__popc(copied) * seg_rows) * D * sizeof(T) * 2);
+      __syncwarp();
+      if (seg_row == kSkip) return;
+      T* kd = k_s + stage * kKVElems + Shape::off(lane * seg_rows, 0);
+      T* vd = v_s + stage * kKVElems + Shape::off(lane * seg_rows, 0);
 #pragma unroll
-    for (int i = 0; i < 3; ++i)
-      if (t_begin + i < t_end) locate_keys(t_begin + i, i);
+      for (int cb = 0; cb < Shape::kColBlocks; ++cb) {
+        tma_load_2d(kd + cb * (Shape::kColBlockBytes / sizeof(T)), &p.k_map, cb * 64, seg_row,
+                    &full[stage]);
+        tma_load_2d(vd + cb * (Shape::kColBlockBytes / sizeof(T)), &p.v_map, cb * 64, seg_row,
+                    &full[stage]);
+      }
+    };
+    auto wait_tile = [&](int t) { mbar_wait(&full[stage_of(t)], parity_of(t)); };
+    if (threadIdx.x == 0) {
+#pragma unroll
+      for (int i = 0; i < kStages; ++i) {
+        mbar_init(&full[i], 1);
+        mbar_init(&empty[i], Cta::kMathWarps);
+      }
+      mbar_init_fence();
+    }
+    int first_rows[kStages], row_next = kSkip;
+#pragma unroll
+    for (int i = 0; i < kStages; ++i)
+      first_rows[i] = warp == kCopyWarp ? segment_row(t_begin + i) : kSkip;
+    if (warp == kCopyWarp) row_next = segment_row(t_begin + kStages);
+    __syncthreads();  // the barriers' initialization
     pdl_wait();  // q and this step's keys and values come from the kernels before
     // Every row sees its own position, so t_begin < t_end unless the metadata is inconsistent
     // (seq_len < query_len); then nothing is attended and the rows come out as NaN (0 / 0), as
     // in the other kernels.
     if (t_begin < t_end) {
+      if (warp == kCopyWarp) {
+#pragma unroll
+        for (int i = 0; i < kStages; ++i)
+          if (t_begin + i < t_end) issue(t_begin + i, first_rows[i]);
+      }
       load_q();
-      __syncthreads();
-      load_kv(0);
       cp_async_commit();
-      if (t_begin + 1 < t_end) load_kv(1);
-      cp_async_commit();
-      cp_async_wait<1>();  // Q and tile t_begin
-      fence_proxy_async();
+      cp_async_wait<0>();
+      fence_proxy_async();  // Q's smem, as the warpgroup MMA reads it
       __syncthreads();
-      // The scores of tile t, issued an iteration ahead; the first tile's are waited for here, so
-      // that no register the warpgroup MMA still writes crosses the loop's boundaries.
-      float s_cur[8][4];
-      wgmma_scores_issue<T, D>(s_cur, q_wg, k_s);
-      wgmma_wait<0>();
-      pin_registers(s_cur);
-      const auto attend = [&](int t, auto has_next) {
-        constexpr bool kNext = decltype(has_next)::value;
-        const int stage = (t - t_begin) % 3;
-        if (t + 2 < t_end) load_kv((t + 2 - t_begin) % 3);
-        cp_async_commit();
-        cp_async_wait<1>();   // tile t + 1
-        fence_proxy_async();  // its smem, as the warpgroup MMA reads it
-        __syncthreads();
-        const int64_t next_block = t + 3 < t_end ? key_block(t + 3) : kOutside;
-        float s_next[8][4];
-        if constexpr (kNext) {
-          wgmma_scores_issue<T, D>(s_next, q_wg, k_s + ((t + 1 - t_begin) % 3) * kKVElems);
-          wgmma_wait<1>();  // tile t's scores
-        } else {
-          wgmma_wait<0>();
+      if (warp == kCopyWarp) {
+        for (int t = t_begin + kStages; t < t_end; ++t) {
+          issue(t, row_next);
+          row_next = segment_row(t + 1);
         }
-        pin_registers(s_cur);
-        uint32_t pk[8][2];
-        const bool all_visible = t * kN >= warp_all_lo && t * kN + kN - 1 <= warp_all_hi;
-        tile_softmax<T, D>(st, s_cur, pk, t * kN, row_key_lo, row_key_hi, p.scale_log2, lane,
-                           all_visible);
-        wgmma_pv_issue<T, D>(st, pk, v_s + stage * kKVElems);
+      } else {
+        // Keys outside [key_lo, key_hi) of a tile at either end hold what the cache (or an
+        // earlier tile) had there; their scores are dropped by the mask, and their values are
+        // zeroed before P V reads them (0 * NaN would not be 0). Each warpgroup zeroes them all
+        // before its own P V (the other may be writing the same zeros).
+        const auto zero_outside_values = [&](int t) {
+          T* vt = v_s + stage_of(t) * kKVElems;
+          for (int c = threadIdx.x % 128; c < kN * kChunks; c += 128) {
+            const int n = c / kChunks, key = t * kN + n;
+            if (key < key_lo || key >= key_hi)
+              *reinterpret_cast<uint4*>(vt + Shape::off(n, c % kChunks)) = make_uint4(0, 0, 0, 0);
+          }
+          fence_proxy_async();
+          asm volatile("bar.sync %0, 128;\n" ::"r"(1 + wg) : "memory");  // this warpgroup
+        };
+        // The scores of tile t, issued an iteration ahead; the first tile's are waited for here,
+        // so that no register the warpgroup MMA still writes crosses the loop's boundaries.
+        wait_tile(t_begin);
+        float s_cur[8][4];
+        wgmma_scores_issue<T, D>(s_cur, q_wg, k_s);
         wgmma_wait<0>();
-        pin_registers(st.o);
-        if constexpr (kNext) {
-          pin_registers(s_next);
+        pin_registers(s_cur);
+        const auto attend = [&](int t, auto has_next) {
+          constexpr bool kNext = decltype(has_next)::value;
+          const int stage = stage_of(t);
+          if (t * kN < key_lo || (t + 1) * kN > key_hi) zero_outside_values(t);
+          float s_next[8][4];
+          if constexpr (kNext) {
+            wait_tile(t + 1);
+            wgmma_scores_issue<T, D>(s_next, q_wg, k_s + stage_of(t + 1) * kKVElems);
+            wgmma_wait<1>();  // tile t's scores
+          } else {
+            wgmma_wait<0>();
+          }
+          pin_registers(s_cur);
+          uint32_t pk[8][2];
+          const bool all_visible = t * kN >= warp_all_lo && t * kN + kN - 1 <= warp_all_hi;
+          tile_softmax<T, D>(st, s_cur, pk, t * kN, row_key_lo, row_key_hi, p.scale_log2, lane,
+                             all_visible);
+          wgmma_pv_issue<T, D>(st, pk, v_s + stage * kKVElems);
+          wgmma_wait<0>();
+          pin_registers(st.o);
+          if constexpr (kNext) {
+            pin_registers(s_next);
 #pragma unroll
-          for (int nt = 0; nt < 8; ++nt)
+            for (int nt = 0; nt < 8; ++nt)
 #pragma unroll
-            for (int c = 0; c < 4; ++c) s_cur[nt][c] = s_next[nt][c];
-        }
-        finish_tile(t);
-        if (t + 3 < t_end) store_key(t + 3, next_block, stage);
-        __syncthreads();  // the next iteration's copies overwrite tile t's stage and slot
-      };
-    for (int t = t_begin; t + 1 < t_end; ++t) attend(t, std::true_type{});
-    attend(t_end - 1, std::false_type{});
+              for (int c = 0; c < 4; ++c) s_cur[nt][c] = s_next[nt][c];
+          }
+          finish_tile(t);
+          __syncwarp();  // this warp is done with tile t's stage
+          if (lane == 0) mbar_arrive(&empty[stage]);
+        };
+        for (int t = t_begin; t + 1 < t_end; ++t) attend(t, std::true_type{});
+        attend(t_end - 1, std::false_type{});
+      }
     }
   } else {
     // Pipeline: the offsets of tile t + 1 are published by the barrier that ends iteration t
@@ -500,16 +582,73 @@ void check_device_tensor(const Tensor& t, const char* what, DType dtype, const S
 template <typename T, int D, bool kSplit, bool kLong>
 size_t prepare() {
   using Cta = CtaShape<kSplit, kLong>;
-  // Tiles, then (long CTAs) the fold of finished partitions: D / 2 floats per thread. Long CTAs
-  // (sm_90 and later) get three stages (kStages is that of the host pass; a build without sm_90a
-  // code runs two in the same room).
+  // Tiles, then (long CTAs) the fold of finished partitions: D / 2 floats per thread, and the
+  // stages' barriers. Long CTAs (sm_90 and later) get three stages (kStages is that of the host
+  // pass; a build without sm_90a code runs two in the same room).
   const int stages = kLong ? kLongStagesWgmma : Cta::kStages;
   const size_t smem = TileShape<D, kLong>::smem_bytes(Cta::kRows, stages, sizeof(T)) +
-                      (kLong ? static_cast<size_t>(Cta::kThreads) * (D / 2) * sizeof(float) : 0);
+                      (kLong ? static_cast<size_t>(Cta::kThreads) * (D / 2) * sizeof(float) +
+                                   2 * stages * sizeof(uint64_t)
+                             : 0);
   static std::atomic<uint64_t> done_devices{0};
   allow_dynamic_smem(reinterpret_cast<const void*>(PagedAttentionKernel<T, D, kSplit, kLong>), smem,
                      done_devices);
   return smem;
+}
+
+// A TMA descriptor of one cache seen as [rows, head_dim] 16-bit elements, boxes of [seg_rows, 64]
+// with 128-byte swizzle and NaN outside; encoded once per (address, shape) and kept. False where
+// the driver cannot encode it.
+bool cache_tensor_map(CUtensorMap* map, const void* base, int64_t rows, int head_dim, int seg_rows,
+                      bool bf16) {
+  static const PFN_cuTensorMapEncodeTiled_v12000 encode = [] {
+    void* fn = nullptr;
+    cudaDriverEntryPointQueryResult found{};
+    if (cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &fn, 12000, cudaEnableDefault,
+                                         &found) != cudaSuccess ||
+        found != cudaDriverEntryPointSuccess)
+      fn = nullptr;
+    return reinterpret_cast<PFN_cuTensorMapEncodeTiled_v12000>(fn);
+  }();
+  if (encode == nullptr) return false;
+  using Key = std::tuple<const void*, int64_t, int, int, bool>;
+  static std::mutex mu;
+  static std::map<Key, CUtensorMap> maps;
+  const Key key{base, rows, head_dim, seg_rows, bf16};
+  std::lock_guard<std::mutex> lk(mu);
+  if (auto it = maps.find(key); it != maps.end()) {
+    *map = it->second;
+    return true;
+  }
+  const cuuint64_t dims[2] = {static_cast<cuuint64_t>(head_dim), static_cast<cuuint64_t>(rows)};
+  const cuuint64_t strides[1] = {static_cast<cuuint64_t>(head_dim) * 2};
+  const cuuint32_t box[2] = {64, static_cast<cuuint32_t>(seg_rows)};
+  const cuuint32_t steps[2] = {1, 1};
+  if (encode(map, bf16 ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 : CU_TENSOR_MAP_DATA_TYPE_FLOAT16, 2,
+             const_cast<void*>(base), dims, strides, box, steps, CU_TENSOR_MAP_INTERLEAVE_NONE,
+             CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+             CU_TENSOR_MAP_FLOAT_OOB_FILL_NAN_REQUEST_ZERO_FMA) != CUDA_SUCCESS)
+    return false;
+  if (maps.size() >= 4096) maps.clear();  // caches of engines long gone
+  maps.emplace(key, *map);
+  return true;
+}
+
+// The long kernel's K/V descriptors in p (Params::k_map ..); false where this cache does not suit
+// them: a block size that is not a multiple of 8 dividing the 64-key tile or divisible by it
+// (then all rows walk in the other kernel, with the same bits).
+template <typename T, int D>
+bool set_kv_maps(Params& p) {
+  constexpr int kN = TileShape<D, true>::kBlockN;
+  const int bs = p.block_size;
+  if (bs % 8 != 0 || (kN % bs != 0 && bs % kN != 0)) return false;
+  const int64_t rows = static_cast<int64_t>(p.num_blocks) * p.num_kv_heads * bs;
+  if (rows + kN > 0x7fffffff) return false;  // box coordinates are int32
+  p.tma_seg_rows = std::min(bs, kN);
+  p.tma_oob_row = static_cast<int>(rows);
+  constexpr bool kBF16 = std::is_same_v<T, __nv_bfloat16>;
+  return cache_tensor_map(&p.k_map, p.k_cache, rows, D, p.tma_seg_rows, kBF16) &&
+         cache_tensor_map(&p.v_map, p.v_cache, rows, D, p.tma_seg_rows, kBF16);
 }
 
 // The bounds of the step's query lengths in meta tell which walking kernels have work.
@@ -531,6 +670,9 @@ void launch(Params p, int64_t num_tokens, const AttentionMetadata& meta, cudaStr
   };
   const bool any_long = static_cast<int64_t>(meta.max_query_len) * p.group > kSplitRows;
   const bool any_short = static_cast<int64_t>(meta.min_query_len) * p.group <= kSplitRows;
+  if constexpr (kSeparateLongWalk<D>) {
+    if (p.long_walk && any_long && !set_kv_maps<T, D>(p)) p.long_walk = 0;
+  }
   if constexpr (kSeparateLongWalk<D>) {
     if (p.long_walk && any_long) {
       const size_t smem = prepare<T, D, false, true>();

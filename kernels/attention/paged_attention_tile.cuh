@@ -9,6 +9,7 @@
 // registers or by the combine kernel run the same operations in the same order.
 #pragma once
 
+#include <cuda.h>  // CUtensorMap (a plain struct; nothing is called from the driver here)
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
@@ -40,10 +41,10 @@ constexpr int kLongStagesWgmma = 3;
 // a key tile as one unit, so a row's bits are the same whichever CTA shape it runs in.
 //  * walking CTAs (kSplit false): 4 warps, 64 rows of one sequence, all partitions of their
 //    keys, K/V double-buffered.
-//  * long walking CTAs (kLong: prompts of head dim 128, paged_attention.cu): 8 warps (two
-//    warpgroups), 128 rows, sharing each K/V tile; 1 CTA per SM, the fold of finished partitions
-//    kept in shared memory, which leaves the registers to the warpgroup MMA; three K/V stages
-//    where that runs.
+//  * long walking CTAs (kLong: prompts of head dim 128, paged_attention.cu): 8 math warps (two
+//    warpgroups), 128 rows, sharing each K/V tile, and a ninth warp that issues the K/V copies
+//    (TMA, where the warpgroup MMA runs); 1 CTA per SM, the fold of finished partitions kept in
+//    shared memory, which leaves the registers to the warpgroup MMA; three K/V stages there.
 //  * split CTAs (kSplit true): one partition of one decode row's group of query heads (16 of
 //    them per CTA). Only warp 0 computes; all 4 warps look up blocks and issue the K/V copies,
 //    and the 16-row Q tile and the absent running fold let 3 CTAs share an SM (decode is bound
@@ -51,9 +52,11 @@ constexpr int kLongStagesWgmma = 3;
 template <bool kSplit, bool kLong = false>
 struct CtaShape {
   static_assert(!(kSplit && kLong), "split CTAs are decode rows");
-  static constexpr int kWarps = kLong ? 8 : 4;
+  static constexpr int kMathWarps = kLong ? 8 : 4;  // warps that own query rows
+  // Long CTAs have one more warp, which only issues the K/V copies (TMA, sm_90a).
+  static constexpr int kWarps = kMathWarps + (kLong ? 1 : 0);
   static constexpr int kThreads = kWarps * 32;
-  static constexpr int kRows = kSplit ? 16 : kWarps * 16;
+  static constexpr int kRows = kSplit ? 16 : kMathWarps * 16;
   static constexpr int kStages = kLong && LLMCORE_ATTENTION_WGMMA ? kLongStagesWgmma : 2;
   // CTAs per SM the registers must allow: 3 split CTAs up to head dim 128 (decode is bound by
   // the loads in flight; 2 would cost a third of the bandwidth); walking CTAs are held to 2 per
@@ -70,14 +73,16 @@ constexpr int kCombineThreads = 128;
 //
 // Shared-memory tiles ([rows, D], rows a multiple of 8): element (r, 8 c + e) of 16-byte chunk c
 // sits at off(r, c) + e, in one of two layouts:
-//  * kSwizzle (walking CTAs of head dim 128, the prompt path; D a multiple of 64): Hopper's
-//    "128-byte swizzle". Rows are cut into 128-byte column blocks
-//    (64 elements); an atom is 8 rows x one column block (1024 bytes, rows 128 bytes apart), the
-//    atoms of a row group follow each other, then the next row group; within an atom, chunk c
-//    of row r is stored at chunk c ^ (r % 8). The warpgroup MMA reads this through a descriptor
-//    (wgmma_scores_issue, wgmma_pv_issue; tiles start 1024-byte aligned), ldmatrix reads 8 rows of
-//    one chunk from 8 distinct bank groups, and the loaders' 8 consecutive chunks of a row land in
-//    8 distinct bank groups, while each warp reads whole rows of the cache (full 128-byte lines).
+//  * kSwizzle (walking CTAs of head dim 128, the prompt path; D 64 or 128): Hopper's "128-byte
+//    swizzle", in slabs of 64 rows. Rows are cut into 128-byte column blocks (64 elements); a
+//    slab stores its first column block (64 rows x 128 bytes), then the next; within each 8 rows
+//    (an atom, 1024 bytes), chunk c of row r is stored at chunk c ^ (r % 8). That is the layout
+//    a TMA copy of a [rows, 64] box with 128-byte swizzle writes, so one copy fills a column block
+//    of consecutive keys. The warpgroup MMA reads it through a descriptor (wgmma_scores_issue,
+//    wgmma_pv_issue; tiles start 1024-byte aligned), ldmatrix reads 8 rows of one chunk from 8
+//    distinct bank groups, and the loaders' 8 consecutive chunks of a row land in 8 distinct bank
+//    groups, while each warp reads whole rows of the cache (full 128-byte lines). Tiles of this
+//    layout have a multiple of 64 rows.
 //  * otherwise: rows padded to D + 8 elements, which spreads 8 rows over the banks; fewer index
 //    registers than the swizzle, which keeps the split (decode) CTAs at 3 per SM.
 template <int D, bool kSwizzle = false>
@@ -85,15 +90,17 @@ struct TileShape {
   static constexpr int kBlockN = D > 128 ? 32 : 64;
   static constexpr int kChunks = D / 8;  // 16-byte chunks per [D] row
   static constexpr bool kSwizzled = kSwizzle;
-  static_assert(!kSwizzle || D % 64 == 0, "the swizzled layout has 128-byte column blocks");
+  static_assert(!kSwizzle || (D % 64 == 0 && kBlockN == 64),
+                "the swizzled layout has 128-byte column blocks and 64-row slabs");
   static constexpr int kColBlocks = D / 64;  // 128-byte column blocks (swizzled)
-  static constexpr int kAtomBytes = 1024;    // 8 rows x 128 bytes
-  static constexpr int kRowGroupBytes = kColBlocks * kAtomBytes;  // the next 8 rows (swizzled)
-  static constexpr int kStride = D + 8;                           // row pitch (padded)
+  static constexpr int kSlabRows = 64;       // rows per slab (swizzled)
+  static constexpr int kRowGroupBytes = 1024;             // the next 8 rows (swizzled)
+  static constexpr int kColBlockBytes = kSlabRows * 128;  // the next 64 columns (swizzled)
+  static constexpr int kStride = D + 8;                   // row pitch (padded)
   __host__ __device__ static constexpr int off(int row, int chunk) {
     if constexpr (kSwizzled)
-      return (((row >> 3) * kColBlocks + (chunk >> 3)) * 8 + (row & 7)) * 64 +
-             ((chunk & 7) ^ (row & 7)) * 8;
+      return ((row / kSlabRows) * kColBlocks + (chunk >> 3)) * (kSlabRows * 64) +
+             (row % kSlabRows) * 64 + ((chunk & 7) ^ (row & 7)) * 8;
     else
       return row * kStride + chunk * 8;
   }
@@ -113,11 +120,11 @@ struct TileShape {
   __host__ __device__ static constexpr int v_frag(int lane, int kk, int dt) {
     return off(kk * 16 + (lane & 15), dt + (lane >> 4));
   }
-  // The warpgroup MMA's operands (swizzled layout), as byte offsets from the tile's start: where
+  // The warpgroup MMA's operands (swizzled layout), as byte offsets from the slab's start: where
   // k-step kd (columns 16 kd ..) of a K-major operand (Q, K) starts, and where keys 16 kk .. of
   // V (the MN-major B operand of P V) start.
   __host__ __device__ static constexpr int kstep_bytes(int kd) {
-    return (kd / 4) * kAtomBytes + (kd % 4) * 32;
+    return (kd / 4) * kColBlockBytes + (kd % 4) * 32;
   }
   __host__ __device__ static constexpr int key_step_bytes(int kk) {
     return kk * 2 * kRowGroupBytes;
@@ -133,6 +140,11 @@ struct TileShape {
 };
 
 struct Params {
+  // Long walking CTAs on sm_90a copy K/V tiles with TMA: either cache seen as a 2-D tensor of
+  // NB * Hkv * BS rows of D elements (row (block * Hkv + kv head) * BS + slot), boxes of
+  // [tma_seg_rows, 64] with 128-byte swizzle, NaN outside (paged_attention.cu encodes them).
+  CUtensorMap k_map;
+  CUtensorMap v_map;
   void* out;                        // [T, Hq * D]
   const void* qkv;                  // [T, (Hq + 2 Hkv) * D]
   const void* k_cache;              // [NB, Hkv, BS, D]
@@ -156,6 +168,8 @@ struct Params {
   int sliding_window;               // 0: full attention
   int long_walk;                    // 1: long sequences' walking CTAs run in the kLong kernel
   int heads_inner;                  // walking grid order: 1 kv heads innermost, 0 slots innermost
+  int tma_seg_rows;                 // keys per TMA box: min(BS, kBlockN) (long_walk only)
+  int tma_oob_row;                  // NB * Hkv * BS: a box from there on is all NaN
   float scale_log2;                 // scale * log2(e): scores in log2 units
 };
 
@@ -497,7 +511,7 @@ __device__ __forceinline__ void attend_tile(PartitionState<D>& st, const T* q_s,
 //  * K-major (Q, K; rows m, columns k): ((8,m),(T,2k)) : ((8T,SBO),(1,T)): rows 128 bytes apart,
 //    SBO to the next 8 rows (kRowGroupBytes); the leading offset is unused.
 //  * MN-major (V: keys k, head-dim columns n contiguous): ((T,8,m),(8,k)) : ((1,T,LBO),(8T,SBO)):
-//    LBO to the next 64 columns (the next atom), SBO to the next 8 keys (kRowGroupBytes).
+//    LBO to the next 64 columns (kColBlockBytes), SBO to the next 8 keys (kRowGroupBytes).
 __device__ __forceinline__ uint64_t smem_desc_sw128(const void* p, uint32_t lbo, uint32_t sbo) {
   return static_cast<uint64_t>((smem_u32(p) >> 4) & 0x3fff) |
          (static_cast<uint64_t>((lbo >> 4) & 0x3fff) << 16) |
@@ -611,14 +625,76 @@ __device__ __forceinline__ void wgmma_pv_issue(PartitionState<D>& st, const uint
 #pragma unroll
   for (int kk = 0; kk < 4; ++kk) {
     const uint32_t a[4] = {pk[2 * kk][0], pk[2 * kk][1], pk[2 * kk + 1][0], pk[2 * kk + 1][1]};
-    Wgmma<T>::pv(
-        st.o, a,
-        smem_desc_sw128(v_b + Shape::key_step_bytes(kk), Shape::kAtomBytes, Shape::kRowGroupBytes));
+    Wgmma<T>::pv(st.o, a,
+                 smem_desc_sw128(v_b + Shape::key_step_bytes(kk), Shape::kColBlockBytes,
+                                 Shape::kRowGroupBytes));
   }
   asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
   pin_registers(st.o);
 #else
   (void)st, (void)pk, (void)v_s;
+  __trap();
+#endif
+}
+
+// --- mbarriers and TMA (sm_90): the long kernel's K/V copies ---------------------------------
+//
+// A stage's "full" barrier (one arrival: the thread that posts the stage's byte count) completes
+// its phase when every TMA copy into the stage has landed; waiters poll its phase parity.
+
+__device__ __forceinline__ void mbar_init(uint64_t* bar, uint32_t arrivals) {
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(smem_u32(bar)), "r"(arrivals)
+               : "memory");
+}
+// Makes barrier initializations visible to the async proxy (the TMA unit) and the other threads
+// (with a barrier after it).
+__device__ __forceinline__ void mbar_init_fence() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+#endif
+}
+// Arrives on `bar` and adds `bytes` to the transfers its current phase waits for.
+__device__ __forceinline__ void mbar_arrive_expect_tx(uint64_t* bar, uint32_t bytes) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(smem_u32(bar)),
+               "r"(bytes)
+               : "memory");
+#else
+  (void)bar, (void)bytes;
+  __trap();
+#endif
+}
+// Arrives on `bar` (this thread's arrival).
+__device__ __forceinline__ void mbar_arrive(uint64_t* bar) {
+  asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(smem_u32(bar)) : "memory");
+}
+// Until the phase with parity `parity` of `bar` has completed.
+__device__ __forceinline__ void mbar_wait(uint64_t* bar, uint32_t parity) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile(
+      "{\n.reg .pred done;\n"
+      "WAIT:\n"
+      "mbarrier.try_wait.parity.shared::cta.b64 done, [%0], %1;\n"
+      "@!done bra WAIT;\n}\n" ::"r"(smem_u32(bar)),
+      "r"(parity)
+      : "memory");
+#else
+  (void)bar, (void)parity;
+  __trap();
+#endif
+}
+// A TMA copy of the box at (x = column, y = row) of `map` into smem at `dst`, completing its bytes
+// on `bar`. `map` must live in kernel parameter (__grid_constant__), constant or global memory.
+__device__ __forceinline__ void tma_load_2d(void* dst, const CUtensorMap* map, int x, int y,
+                                            uint64_t* bar) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile(
+      "cp.async.bulk.tensor.2d.shared::cluster.global.tile.mbarrier::complete_tx::bytes"
+      " [%0], [%1, {%2, %3}], [%4];\n" ::"r"(smem_u32(dst)),
+      "l"(reinterpret_cast<uint64_t>(map)), "r"(x), "r"(y), "r"(smem_u32(bar))
+      : "memory");
+#else
+  (void)dst, (void)map, (void)x, (void)y, (void)bar;
   __trap();
 #endif
 }
