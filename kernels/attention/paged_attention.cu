@@ -189,22 +189,28 @@ __global__ void __launch_bounds__(CtaShape<kSplit, kLong>::kThreads,
   // a barrier; load_kv() then copies the 16-byte chunks. Keys outside [key_lo, key_hi) are
   // never read (zeros). A block id outside the cache is never dereferenced: its keys and values
   // become NaN, which turns every row of the warps that attend that tile into NaN (0 * NaN).
+  // Shared with the long kernel's TMA copies: the block-table entry of `key` (-1 past the
+  // table), whether a block id lies in the cache, and the cache row (D elements) of `key` there.
+  auto table_block = [&](int key) -> int64_t {
+    const int b = key / p.block_size;
+    return b < p.max_blocks_per_seq ? table[b] : -1;
+  };
+  auto in_cache = [&](int64_t block) { return block >= 0 && block < p.num_blocks; };
+  auto cache_row = [&](int64_t block, int key) {
+    return (block * p.num_kv_heads + kv_head) * p.block_size + key % p.block_size;
+  };
   static_assert(kN <= kThreads, "one key per thread");
   constexpr int64_t kOutside = INT64_MIN;  // key_block(): no key of the row range
   auto key_block = [&](int t) -> int64_t {
     const int key = t * kN + threadIdx.x;
     if (threadIdx.x >= kN || key < key_lo || key >= key_hi) return kOutside;
-    const int b = key / p.block_size;
-    return b < p.max_blocks_per_seq ? table[b] : -1;
+    return table_block(key);
   };
   auto store_key = [&](int t, int64_t block, int stage) {
     if (threadIdx.x >= kN) return;
     const int key = t * kN + threadIdx.x;
     int64_t off = kNoKey;
-    if (block != kOutside)
-      off = block >= 0 && block < p.num_blocks
-                ? ((block * p.num_kv_heads + kv_head) * p.block_size + key % p.block_size) * D
-                : kBadBlock;
+    if (block != kOutside) off = in_cache(block) ? cache_row(block, key) * D : kBadBlock;
     key_off_s[stage * kN + threadIdx.x] = off;
   };
   auto locate_keys = [&](int t, int stage) { store_key(t, key_block(t), stage); };
@@ -344,11 +350,8 @@ __global__ void __launch_bounds__(CtaShape<kSplit, kLong>::kThreads,
     auto segment_row = [&](int t) -> int {
       const int key0 = t * kN + lane * seg_rows;
       if (t >= t_end || lane >= segs || key0 + seg_rows <= key_lo || key0 >= key_hi) return kSkip;
-      const int b = key0 / p.block_size;
-      const int64_t block = b < p.max_blocks_per_seq ? table[b] : -1;
-      if (block < 0 || block >= p.num_blocks) return p.tma_oob_row;
-      return static_cast<int>((block * p.num_kv_heads + kv_head) * p.block_size +
-                              key0 % p.block_size);
+      const int64_t block = table_block(key0);
+      return in_cache(block) ? static_cast<int>(cache_row(block, key0)) : p.tma_oob_row;
     };
     auto issue = [&](int t, int seg_row) {  // copying warp; t < t_end
       const int stage = stage_of(t);
