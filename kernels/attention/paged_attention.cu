@@ -26,15 +26,10 @@
 //    folds them with the same function. Both then divide with finalize().
 //  * All of that arithmetic uses explicit round-to-nearest intrinsics (no contraction).
 // Only the sign of an exact zero could differ between paths, and finalize() canonicalizes it.
-#include <cudaTypedefs.h>  // PFN_cuTensorMapEncodeTiled
-
 #include <algorithm>
 #include <atomic>
 #include <cmath>
 #include <cstdint>
-#include <map>
-#include <mutex>
-#include <tuple>
 #include <type_traits>
 
 #include "kernels/attention/attention.h"
@@ -599,44 +594,6 @@ size_t prepare() {
   return smem;
 }
 
-// A TMA descriptor of one cache seen as [rows, head_dim] 16-bit elements, boxes of [seg_rows, 64]
-// with 128-byte swizzle and NaN outside; encoded once per (address, shape) and kept. False where
-// the driver cannot encode it.
-bool cache_tensor_map(CUtensorMap* map, const void* base, int64_t rows, int head_dim, int seg_rows,
-                      bool bf16) {
-  static const PFN_cuTensorMapEncodeTiled_v12000 encode = [] {
-    void* fn = nullptr;
-    cudaDriverEntryPointQueryResult found{};
-    if (cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &fn, 12000, cudaEnableDefault,
-                                         &found) != cudaSuccess ||
-        found != cudaDriverEntryPointSuccess)
-      fn = nullptr;
-    return reinterpret_cast<PFN_cuTensorMapEncodeTiled_v12000>(fn);
-  }();
-  if (encode == nullptr) return false;
-  using Key = std::tuple<const void*, int64_t, int, int, bool>;
-  static std::mutex mu;
-  static std::map<Key, CUtensorMap> maps;
-  const Key key{base, rows, head_dim, seg_rows, bf16};
-  std::lock_guard<std::mutex> lk(mu);
-  if (auto it = maps.find(key); it != maps.end()) {
-    *map = it->second;
-    return true;
-  }
-  const cuuint64_t dims[2] = {static_cast<cuuint64_t>(head_dim), static_cast<cuuint64_t>(rows)};
-  const cuuint64_t strides[1] = {static_cast<cuuint64_t>(head_dim) * 2};
-  const cuuint32_t box[2] = {64, static_cast<cuuint32_t>(seg_rows)};
-  const cuuint32_t steps[2] = {1, 1};
-  if (encode(map, bf16 ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 : CU_TENSOR_MAP_DATA_TYPE_FLOAT16, 2,
-             const_cast<void*>(base), dims, strides, box, steps, CU_TENSOR_MAP_INTERLEAVE_NONE,
-             CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
-             CU_TENSOR_MAP_FLOAT_OOB_FILL_NAN_REQUEST_ZERO_FMA) != CUDA_SUCCESS)
-    return false;
-  if (maps.size() >= 4096) maps.clear();  // caches of engines long gone
-  maps.emplace(key, *map);
-  return true;
-}
-
 // The long kernel's K/V descriptors in p (Params::k_map ..); false where this cache does not suit
 // them: a block size that is not a multiple of 8 dividing the 64-key tile or divisible by it
 // (then all rows walk in the other kernel, with the same bits).
@@ -650,8 +607,8 @@ bool set_kv_maps(Params& p) {
   p.tma_seg_rows = std::min(bs, kN);
   p.tma_oob_row = static_cast<int>(rows);
   constexpr bool kBF16 = std::is_same_v<T, __nv_bfloat16>;
-  return cache_tensor_map(&p.k_map, p.k_cache, rows, D, p.tma_seg_rows, kBF16) &&
-         cache_tensor_map(&p.v_map, p.v_cache, rows, D, p.tma_seg_rows, kBF16);
+  return tensor_map_2d_sw128(&p.k_map, p.k_cache, rows, D, p.tma_seg_rows, kBF16) &&
+         tensor_map_2d_sw128(&p.v_map, p.v_cache, rows, D, p.tma_seg_rows, kBF16);
 }
 
 // The bounds of the step's query lengths in meta tell which walking kernels have work.

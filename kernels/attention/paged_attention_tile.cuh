@@ -19,6 +19,7 @@
 
 #include "kernels/attention/attention.h"
 #include "kernels/common/mma.cuh"
+#include "kernels/common/tma.cuh"
 
 namespace llmcore::kernels::attention_detail {
 
@@ -283,10 +284,6 @@ struct HalfType<__half> {
     mma_m16n8k16<__half>(d, a[0], a[1], a[2], a[3], b0, b1);
   }
 };
-
-__device__ __forceinline__ uint32_t smem_u32(const void* p) {
-  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
-}
 
 // 16 bytes global -> shared, asynchronous (sm_80+).
 __device__ __forceinline__ void cp_async16(void* smem_dst, const void* global_src) {
@@ -633,68 +630,6 @@ __device__ __forceinline__ void wgmma_pv_issue(PartitionState<D>& st, const uint
   pin_registers(st.o);
 #else
   (void)st, (void)pk, (void)v_s;
-  __trap();
-#endif
-}
-
-// --- mbarriers and TMA (sm_90): the long kernel's K/V copies ---------------------------------
-//
-// A stage's "full" barrier (one arrival: the thread that posts the stage's byte count) completes
-// its phase when every TMA copy into the stage has landed; waiters poll its phase parity.
-
-__device__ __forceinline__ void mbar_init(uint64_t* bar, uint32_t arrivals) {
-  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(smem_u32(bar)), "r"(arrivals)
-               : "memory");
-}
-// Makes barrier initializations visible to the async proxy (the TMA unit) and the other threads
-// (with a barrier after it).
-__device__ __forceinline__ void mbar_init_fence() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
-#endif
-}
-// Arrives on `bar` and adds `bytes` to the transfers its current phase waits for.
-__device__ __forceinline__ void mbar_arrive_expect_tx(uint64_t* bar, uint32_t bytes) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(smem_u32(bar)),
-               "r"(bytes)
-               : "memory");
-#else
-  (void)bar, (void)bytes;
-  __trap();
-#endif
-}
-// Arrives on `bar` (this thread's arrival).
-__device__ __forceinline__ void mbar_arrive(uint64_t* bar) {
-  asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(smem_u32(bar)) : "memory");
-}
-// Until the phase with parity `parity` of `bar` has completed.
-__device__ __forceinline__ void mbar_wait(uint64_t* bar, uint32_t parity) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  asm volatile(
-      "{\n.reg .pred done;\n"
-      "WAIT:\n"
-      "mbarrier.try_wait.parity.shared::cta.b64 done, [%0], %1;\n"
-      "@!done bra WAIT;\n}\n" ::"r"(smem_u32(bar)),
-      "r"(parity)
-      : "memory");
-#else
-  (void)bar, (void)parity;
-  __trap();
-#endif
-}
-// A TMA copy of the box at (x = column, y = row) of `map` into smem at `dst`, completing its bytes
-// on `bar`. `map` must live in kernel parameter (__grid_constant__), constant or global memory.
-__device__ __forceinline__ void tma_load_2d(void* dst, const CUtensorMap* map, int x, int y,
-                                            uint64_t* bar) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  asm volatile(
-      "cp.async.bulk.tensor.2d.shared::cluster.global.tile.mbarrier::complete_tx::bytes"
-      " [%0], [%1, {%2, %3}], [%4];\n" ::"r"(smem_u32(dst)),
-      "l"(reinterpret_cast<uint64_t>(map)), "r"(x), "r"(y), "r"(smem_u32(bar))
-      : "memory");
-#else
-  (void)dst, (void)map, (void)x, (void)y, (void)bar;
   __trap();
 #endif
 }
