@@ -18,6 +18,7 @@
 //   bench_kernels [--heads 32] [--kv-heads 8] [--head-dim 128] [--block-size 16]
 //                 [--attention-only 1]      copy and attention only
 //                 [--sampling-only 1]       copy and sampling only
+//                 [--prefill-only 1]        copy and prompt (prefill) attention only
 //                 [--prefill-tokens T]      only the T-token prefill attention, three launches
 //                                           (for a profiler: ncu --launch-skip 2 --launch-count 1)
 #include <cuda_runtime.h>
@@ -43,7 +44,7 @@ namespace {
 
 struct Args {
   int heads = 32, kv_heads = 8, head_dim = 128, block_size = 16;
-  int attention_only = 0, prefill_tokens = 0, sampling_only = 0;
+  int attention_only = 0, prefill_tokens = 0, sampling_only = 0, prefill_only = 0;
 };
 
 // Median over `trials` of the mean time (ms) of `reps` calls of fn, after `warmup` calls.
@@ -195,6 +196,7 @@ int main(int argc, char** argv) {
     else if (f == "--attention-only") a.attention_only = v;
     else if (f == "--prefill-tokens") a.prefill_tokens = v;
     else if (f == "--sampling-only") a.sampling_only = v;
+    else if (f == "--prefill-only") a.prefill_only = v;
     else {
       std::fprintf(stderr, "unknown flag %s\n", f.c_str());
       return 2;
@@ -236,6 +238,7 @@ int main(int argc, char** argv) {
   std::printf(", \"decode_attention\": [");
   bool first = true;
   for (int batch : {1, 64, 256}) {
+    if (a.prefill_only) break;
     for (int ctx : {256, 1024, 4096, 8192}) {
       if (static_cast<int64_t>(batch) * ctx > int64_t{256} * 4096) continue;
       std::vector<int> lens(batch, ctx), q(batch, 1);
@@ -262,7 +265,7 @@ int main(int argc, char** argv) {
     std::fflush(stdout);
   }
   std::printf("]");
-  if (a.attention_only) {
+  if (a.attention_only || a.prefill_only) {
     std::printf("}\n");
     return 0;
   }
