@@ -8,7 +8,7 @@
 // all partitions of its rows; a decode row whose keys span several partitions is "split": one
 // CTA (1 warp, 16 rows) per partition, then a combine kernel (CtaShape in the .cuh). For head
 // dim 128 the walking CTAs of prompts run in a kernel of their own (8 math warps, 128 rows, and
-// a warp that copies K/V by TMA), on Hopper's warpgroup MMA (kSeparateLongWalk).
+// a warpgroup whose first warp copies K/V by TMA), on Hopper's warpgroup MMA (kSeparateLongWalk).
 //
 // Why a row's bits do not depend on the batch, the chunking or the prefix cache:
 //  * mma rows are independent: a score or output row depends only on its own Q row and K/V.
@@ -66,21 +66,20 @@ __device__ __forceinline__ bool is_long_seq(int query_len, int group) {
 // kSplit true:  grid (max_partitions, Hkv * split_row_tiles, S); the CTA computes partition
 //               blockIdx.x for 16 of a split sequence's query heads and writes its state to
 //               part_out / part_ml.
-template <typename T, int D, bool kSplit, bool kLong>
-__global__ void __launch_bounds__(CtaShape<kSplit, kLong>::kThreads,
-                                  CtaShape<kSplit, kLong>::min_blocks(D))
-    PagedAttentionKernel(const __grid_constant__ Params p) {
-  static_assert(!kLong || (!kSplit && kSeparateLongWalk<D>), "long walking CTAs: head dim 128");
-  // A walking CTA lets the next kernel launch at once: the split kernel, or o_proj's decode GEMM,
-  // which starts loading its weights (common/pdl.cuh). A split CTA does not, so that the
-  // combine kernel, and the GEMM after it, take no SM room from split CTAs still to run.
-  if constexpr (!kSplit) pdl_launch_dependents();
+// The CTA's work, for one role: kCopyRole, the copying warpgroup of long CTAs on the warpgroup
+// MMA (only its math-free parts are compiled), else every other thread.
+template <typename T, int D, bool kSplit, bool kLong, bool kCopyRole>
+__device__ __forceinline__ void attention_cta(const Params& p) {
   using Shape = TileShape<D, kLong>;  // swizzled for the warpgroup MMA
   constexpr bool kSwizzle = Shape::kSwizzled;
   using Cta = CtaShape<kSplit, kLong>;
   using H = HalfType<T>;
   constexpr int kN = Shape::kBlockN, kChunks = Shape::kChunks;
   constexpr int kRows = Cta::kRows, kThreads = Cta::kThreads, kStages = Cta::kStages;
+  // Long CTAs attend with the warpgroup MMA where the build targets sm_90a, each warpgroup its 64
+  // rows; the rest with mma.sync, per warp. Both give the same bits (paged_attention_tile.cuh).
+  constexpr bool kWgmma = kLong && LLMCORE_ATTENTION_WGMMA;
+  static_assert(kWgmma || !kCopyRole, "a copying warpgroup only on the warpgroup MMA");
   // Tiles in TileShape's layout; the swizzled ones start 1024-byte aligned (tile sizes are
   // multiples of 1024 bytes), as the warpgroup MMA's descriptors need.
   extern __shared__ __align__(1024) unsigned char smem[];
@@ -91,7 +90,7 @@ __global__ void __launch_bounds__(CtaShape<kSplit, kLong>::kThreads,
   // Per stage, where key n of the tile starts in either cache (elements), or kNoKey / kBadBlock.
   int64_t* key_off_s = reinterpret_cast<int64_t*>(v_s + kStages * kKVElems);  // [kStages, kN]
   constexpr int64_t kNoKey = -1, kBadBlock = -2;
-  // Long CTAs: the fold of finished partitions, thread-private, [D / 2 values][kThreads].
+  // Long CTAs: the fold of finished partitions, math-thread-private, [D / 2 values][math threads].
   float* run_o_s = reinterpret_cast<float*>(key_off_s + kStages * kN);
 
   int seq, kv_head, part = 0;
@@ -148,9 +147,6 @@ __global__ void __launch_bounds__(CtaShape<kSplit, kLong>::kThreads,
   const int t_end = key_lo < key_hi ? (key_hi + kN - 1) / kN : t_begin;
 
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  // Long CTAs attend with the warpgroup MMA where the build targets sm_90a, each warpgroup its 64
-  // rows; the rest with mma.sync, per warp. Both give the same bits (paged_attention_tile.cuh).
-  constexpr bool kWgmma = kLong && LLMCORE_ATTENTION_WGMMA;
   if (kWgmma && (smem_u32(smem) & 1023) != 0) __trap();  // the descriptors' swizzle needs it
   const int warp_row_begin = row_begin + warp * 16;
   const bool warp_active = warp_row_begin < row_end;
@@ -214,7 +210,9 @@ __global__ void __launch_bounds__(CtaShape<kSplit, kLong>::kThreads,
   // + (row_begin + r) % group; rows past the sequence are zero. Thread i copies chunks i,
   // i + kThreads, ... in row-major order: a warp reads whole rows (full 128-byte lines).
   auto load_q = [&] {
-    for (int c = threadIdx.x; c < kRows * kChunks; c += kThreads) {
+    // (On the warpgroup MMA, the math threads.)
+    constexpr int kLoaders = kWgmma ? Cta::kMathThreads : kThreads;
+    for (int c = threadIdx.x; c < kRows * kChunks; c += kLoaders) {
       const int r = c / kChunks, chunk = c % kChunks;
       T* dst = q_s + Shape::off(r, chunk);
       const int rr = row_begin + r;
@@ -257,15 +255,17 @@ __global__ void __launch_bounds__(CtaShape<kSplit, kLong>::kThreads,
   float run_o_r[kSplit || kLong ? 1 : D / 8][4], run_m[2], run_l[2];
   auto run_o = [&](int dt, int c) -> float& {
     if constexpr (kLong)
-      return run_o_s[(dt * 4 + c) * kThreads + threadIdx.x];
+      return run_o_s[(dt * 4 + c) * Cta::kMathThreads + threadIdx.x];
     else
       return run_o_r[dt][c];
   };
   if constexpr (!kSplit) {
+    if constexpr (!kCopyRole) {
 #pragma unroll
-    for (int dt = 0; dt < D / 8; ++dt)
+      for (int dt = 0; dt < D / 8; ++dt)
 #pragma unroll
-      for (int c = 0; c < 4; ++c) run_o(dt, c) = 0.0f;
+        for (int c = 0; c < 4; ++c) run_o(dt, c) = 0.0f;
+    }
 #pragma unroll
     for (int i = 0; i < 2; ++i) {
       run_m[i] = -INFINITY;
@@ -317,24 +317,27 @@ __global__ void __launch_bounds__(CtaShape<kSplit, kLong>::kThreads,
 
   if constexpr (kWgmma) {
     // Long CTAs on the warpgroup MMA: eight math warps (two warpgroups of 64 rows) and a copying
-    // warp (warp 8), three K/V stages filled by TMA. Tile t goes to stage (t - t_begin) % 3. The
-    // copying warp fills the three stages, then each later tile once every math warp has
+    // warpgroup whose warp 8 issues the copies (warps 9-11 only lend their registers), kStages
+    // K/V stages filled by TMA. Tile t goes to stage (t - t_begin) % kStages. The copying warp
+    // fills the stages, then each later tile once every math warp has
     // arrived on the stage's "empty" barrier (done with the tile before); lane j issues the
     // copies of key segment j (p.tma_seg_rows keys of one cache block; a segment without a key of
     // [key_lo, key_hi) is not copied) after lane 0 posted the stage's bytes on its "full"
     // barrier, and the table entries of a tile are read a tile ahead. The math warps wait on
     // "full", never on each other (no CTA barrier per tile), so the copies of the next tiles and
     // either warpgroup's softmax run beside the other's products. The scores of tile t + 1 are
-    // issued before tile t's softmax and run beside it.
+    // issued before tile t's softmax and run beside it, from Q's A fragments in registers (the
+    // math warps have 224 registers: setmaxnreg), so the scores read only K from smem.
     // No branch may surround a warpgroup MMA or its wait (ptxas would serialize them), so every
     // warpgroup attends every tile of the CTA (a tile masked for some of its rows, or a
     // warpgroup without rows, leaves those rows' state unchanged), and the last tile is peeled.
-    static_assert(kStages == 3 && kThreads == Cta::kMathWarps * 32 + 32,
-                  "three stages, a copying warp");
+    static_assert(kStages >= 3 && kThreads == Cta::kMathThreads + 128,
+                  "three or more stages, a copying warpgroup");
     constexpr int kCopyWarp = Cta::kMathWarps;
     const int wg = warp / 4;
     const T* q_wg = q_s + Shape::off(wg * 64, 0);
-    uint64_t* full = reinterpret_cast<uint64_t*>(run_o_s + kThreads * (D / 2));  // [kStages]
+    uint64_t* full =
+        reinterpret_cast<uint64_t*>(run_o_s + Cta::kMathThreads * (D / 2));  // [kStages]
     uint64_t* empty = full + kStages;  // [kStages]: each math warp arrives
     const int seg_rows = p.tma_seg_rows, segs = kN / seg_rows;
     constexpr int kSkip = -1;
@@ -368,7 +371,7 @@ __global__ void __launch_bounds__(CtaShape<kSplit, kLong>::kThreads,
       }
     };
     auto wait_tile = [&](int t) { mbar_wait(&full[stage_of(t)], parity_of(t)); };
-    if (threadIdx.x == 0) {
+    if (!kCopyRole && threadIdx.x == 0) {
 #pragma unroll
       for (int i = 0; i < kStages; ++i) {
         mbar_init(&full[i], 1);
@@ -376,31 +379,36 @@ __global__ void __launch_bounds__(CtaShape<kSplit, kLong>::kThreads,
       }
       mbar_init_fence();
     }
+    const bool copier = kCopyRole && warp == kCopyWarp;
     int first_rows[kStages], row_next = kSkip;
 #pragma unroll
-    for (int i = 0; i < kStages; ++i)
-      first_rows[i] = warp == kCopyWarp ? segment_row(t_begin + i) : kSkip;
-    if (warp == kCopyWarp) row_next = segment_row(t_begin + kStages);
+    for (int i = 0; i < kStages; ++i) first_rows[i] = copier ? segment_row(t_begin + i) : kSkip;
+    if (copier) row_next = segment_row(t_begin + kStages);
     __syncthreads();  // the barriers' initialization
     pdl_wait();  // q and this step's keys and values come from the kernels before
     // Every row sees its own position, so t_begin < t_end unless the metadata is inconsistent
     // (seq_len < query_len); then nothing is attended and the rows come out as NaN (0 / 0), as
     // in the other kernels.
     if (t_begin < t_end) {
-      if (warp == kCopyWarp) {
+      if constexpr (kCopyRole) {
+        if (copier) {
 #pragma unroll
-        for (int i = 0; i < kStages; ++i)
-          if (t_begin + i < t_end) issue(t_begin + i, first_rows[i]);
+          for (int i = 0; i < kStages; ++i)
+            if (t_begin + i < t_end) issue(t_begin + i, first_rows[i]);
+        }
+      } else {
+        load_q();
+        cp_async_commit();
+        cp_async_wait<0>();
+        fence_proxy_async();  // Q's smem, as the warpgroup MMA reads it
       }
-      load_q();
-      cp_async_commit();
-      cp_async_wait<0>();
-      fence_proxy_async();  // Q's smem, as the warpgroup MMA reads it
       __syncthreads();
-      if (warp == kCopyWarp) {
-        for (int t = t_begin + kStages; t < t_end; ++t) {
-          issue(t, row_next);
-          row_next = segment_row(t + 1);
+      if constexpr (kCopyRole) {
+        if (copier) {
+          for (int t = t_begin + kStages; t < t_end; ++t) {
+            issue(t, row_next);
+            row_next = segment_row(t + 1);
+          }
         }
       } else {
         // Keys outside [key_lo, key_hi) of a tile at either end hold what the cache (or an
@@ -419,9 +427,11 @@ __global__ void __launch_bounds__(CtaShape<kSplit, kLong>::kThreads,
         };
         // The scores of tile t, issued an iteration ahead; the first tile's are waited for here,
         // so that no register the warpgroup MMA still writes crosses the loop's boundaries.
+        uint32_t qa[D / 16][4];  // Q in registers: the scores read only K from smem
+        wgmma_load_q<T, D>(qa, q_wg, warp % 4, lane);
         wait_tile(t_begin);
         float s_cur[8][4];
-        wgmma_scores_issue<T, D>(s_cur, q_wg, k_s);
+        wgmma_scores_issue<T, D>(s_cur, qa, k_s);
         wgmma_wait<0>();
         pin_registers(s_cur);
         const auto attend = [&](int t, auto has_next) {
@@ -431,7 +441,7 @@ __global__ void __launch_bounds__(CtaShape<kSplit, kLong>::kThreads,
           float s_next[8][4];
           if constexpr (kNext) {
             wait_tile(t + 1);
-            wgmma_scores_issue<T, D>(s_next, q_wg, k_s + stage_of(t + 1) * kKVElems);
+            wgmma_scores_issue<T, D>(s_next, qa, k_s + stage_of(t + 1) * kKVElems);
             wgmma_wait<1>();  // tile t's scores
           } else {
             wgmma_wait<0>();
@@ -506,7 +516,7 @@ __global__ void __launch_bounds__(CtaShape<kSplit, kLong>::kThreads,
   }
   cp_async_wait<0>();  // no copy may be in flight at exit (t_begin == t_end: the Q tile)
 
-  if constexpr (!kSplit) {
+  if constexpr (!kSplit && !kCopyRole) {
     if (!warp_active) return;
     T* out = static_cast<T*>(p.out);
     const int q = lane % 4;
@@ -522,6 +532,31 @@ __global__ void __launch_bounds__(CtaShape<kSplit, kLong>::kThreads,
         *reinterpret_cast<typename H::T2*>(dst + dt * 8 + q * 2) =
             H::pair(finalize(run_o(dt, 2 * i), run_l[i]), finalize(run_o(dt, 2 * i + 1), run_l[i]));
     }
+  }
+}
+
+template <typename T, int D, bool kSplit, bool kLong>
+__global__ void __launch_bounds__(CtaShape<kSplit, kLong>::kThreads,
+                                  CtaShape<kSplit, kLong>::min_blocks(D))
+    PagedAttentionKernel(const __grid_constant__ Params p) {
+  static_assert(!kLong || (!kSplit && kSeparateLongWalk<D>), "long walking CTAs: head dim 128");
+  // A walking CTA lets the next kernel launch at once: the split kernel, or o_proj's decode GEMM,
+  // which starts loading its weights (common/pdl.cuh). A split CTA does not, so that the
+  // combine kernel, and the GEMM after it, take no SM room from split CTAs still to run.
+  if constexpr (!kSplit) pdl_launch_dependents();
+  using Cta = CtaShape<kSplit, kLong>;
+  if constexpr (kLong && LLMCORE_ATTENTION_WGMMA) {
+    // The copying warpgroup gives its registers to the math warpgroups first thing, and each
+    // role runs code of its own from there (ptxas keeps a register count for code both run).
+    if (threadIdx.x >= Cta::kMathThreads) {
+      warpgroup_regs_dec<kCopyWarpgroupRegs>();
+      attention_cta<T, D, kSplit, kLong, true>(p);
+    } else {
+      warpgroup_regs_inc<kMathWarpgroupRegs>();
+      attention_cta<T, D, kSplit, kLong, false>(p);
+    }
+  } else {
+    attention_cta<T, D, kSplit, kLong, false>(p);
   }
 }
 
@@ -580,12 +615,12 @@ void check_device_tensor(const Tensor& t, const char* what, DType dtype, const S
 template <typename T, int D, bool kSplit, bool kLong>
 size_t prepare() {
   using Cta = CtaShape<kSplit, kLong>;
-  // Tiles, then (long CTAs) the fold of finished partitions: D / 2 floats per thread, and the
-  // stages' barriers. Long CTAs (sm_90 and later) get three stages (kStages is that of the host
-  // pass; a build without sm_90a code runs two in the same room).
+  // Tiles, then (long CTAs) the fold of finished partitions: D / 2 floats per math thread, and
+  // the stages' barriers. Long CTAs (sm_90 and later) get kLongStagesWgmma stages (kStages is
+  // that of the host pass; a build without sm_90a code runs two in the same room).
   const int stages = kLong ? kLongStagesWgmma : Cta::kStages;
   const size_t smem = TileShape<D, kLong>::smem_bytes(Cta::kRows, stages, sizeof(T)) +
-                      (kLong ? static_cast<size_t>(Cta::kThreads) * (D / 2) * sizeof(float) +
+                      (kLong ? static_cast<size_t>(Cta::kMathThreads) * (D / 2) * sizeof(float) +
                                    2 * stages * sizeof(uint64_t)
                              : 0);
   static std::atomic<uint64_t> done_devices{0};

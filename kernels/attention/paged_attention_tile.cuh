@@ -32,20 +32,21 @@ constexpr int kPartition = kPagedAttentionPartitionSize;
 #define LLMCORE_ATTENTION_WGMMA 0
 #endif
 
-// K/V stages of long walking CTAs: three where the warpgroup MMA runs (the scores of the next
-// tile are computed while this one's softmax runs; 193 KB of smem, which sm_90 has), else two.
-// Long walking CTAs run only on sm_90 and later (paged_attention.cu), and the host sizes their
-// shared memory for three stages.
-constexpr int kLongStagesWgmma = 3;
+// K/V stages of long walking CTAs: four where the warpgroup MMA runs (the scores of the next
+// tile are computed while this one's softmax runs, and the copies run ahead; 231,488 bytes of
+// smem, of sm_90's 232,448), else two. Long walking CTAs run only on sm_90 and later
+// (paged_attention.cu), and the host sizes their shared memory for kLongStagesWgmma stages.
+constexpr int kLongStagesWgmma = 4;
 
 // The CTA of each kernel mode. A warp owns 16 query rows (one mma row tile) and attends them to
 // a key tile as one unit, so a row's bits are the same whichever CTA shape it runs in.
 //  * walking CTAs (kSplit false): 4 warps, 64 rows of one sequence, all partitions of their
 //    keys, K/V double-buffered.
 //  * long walking CTAs (kLong: prompts of head dim 128, paged_attention.cu): 8 math warps (two
-//    warpgroups), 128 rows, sharing each K/V tile, and a ninth warp that issues the K/V copies
-//    (TMA, where the warpgroup MMA runs); 1 CTA per SM, the fold of finished partitions kept in
-//    shared memory, which leaves the registers to the warpgroup MMA; three K/V stages there.
+//    warpgroups), 128 rows, sharing each K/V tile, and a third warpgroup whose first warp
+//    issues the K/V copies (TMA, where the warpgroup MMA runs); 1 CTA per SM, the fold of
+//    finished partitions kept in shared memory, which leaves the registers to the warpgroup
+//    MMA; four K/V stages there.
 //  * split CTAs (kSplit true): one partition of one decode row's group of query heads (16 of
 //    them per CTA). Only warp 0 computes; all 4 warps look up blocks and issue the K/V copies,
 //    and the 16-row Q tile and the absent running fold let 3 CTAs share an SM (decode is bound
@@ -54,8 +55,11 @@ template <bool kSplit, bool kLong = false>
 struct CtaShape {
   static_assert(!(kSplit && kLong), "split CTAs are decode rows");
   static constexpr int kMathWarps = kLong ? 8 : 4;  // warps that own query rows
-  // Long CTAs have one more warp, which only issues the K/V copies (TMA, sm_90a).
-  static constexpr int kWarps = kMathWarps + (kLong ? 1 : 0);
+  static constexpr int kMathThreads = kMathWarps * 32;
+  // Long CTAs have a third warpgroup, whose first warp only issues the K/V copies (TMA, sm_90a):
+  // registers are allotted per warpgroup anyway (ptxas gave 288 threads 168 registers, as 384),
+  // and a whole warpgroup can hand its registers to the math warpgroups (setmaxnreg).
+  static constexpr int kWarps = kMathWarps + (kLong ? 4 : 0);
   static constexpr int kThreads = kWarps * 32;
   static constexpr int kRows = kSplit ? 16 : kMathWarps * 16;
   static constexpr int kStages = kLong && LLMCORE_ATTENTION_WGMMA ? kLongStagesWgmma : 2;
@@ -515,6 +519,23 @@ __device__ __forceinline__ uint64_t smem_desc_sw128(const void* p, uint32_t lbo,
          (static_cast<uint64_t>((sbo >> 4) & 0x3fff) << 32) | (uint64_t{1} << 62);
 }
 
+// Registers per thread of the long CTA's warpgroups after setmaxnreg: the copying warpgroup
+// gives its registers to the two math warpgroups. The sum stays what the launch bound gave
+// (384 threads, 1 CTA: 168 each), 56 + 2 * 224 = 3 * 168.
+constexpr int kCopyWarpgroupRegs = 56, kMathWarpgroupRegs = 224;
+template <int kRegs>
+__device__ __forceinline__ void warpgroup_regs_dec() {
+#if LLMCORE_ATTENTION_WGMMA
+  asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(kRegs));
+#endif
+}
+template <int kRegs>
+__device__ __forceinline__ void warpgroup_regs_inc() {
+#if LLMCORE_ATTENTION_WGMMA
+  asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(kRegs));
+#endif
+}
+
 __device__ __forceinline__ void wgmma_fence() {
   asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
 }
@@ -555,6 +576,18 @@ struct Wgmma;
         : "l"(desc_a), "l"(desc_b));                                                        \
   }
 
+#define LLMCORE_WGMMA_RS_M64N64K16(TYPE)                                                     \
+  __device__ static void scores(float (&d)[8][4], const uint32_t (&a)[4], uint64_t desc_b) { \
+    asm volatile(                                                                            \
+        "{\n.reg .pred p;\nsetp.ne.b32 p, 1, 0;\n"                                           \
+        "wgmma.mma_async.sync.aligned.m64n64k16.f32." TYPE "." TYPE                          \
+        " {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "           \
+        "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, "  \
+        "{%32, %33, %34, %35}, %36, p, 1, 1, 0;\n}\n"                                        \
+        : LLMCORE_WGMMA_ACC8(d, 0)                                                           \
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b));                          \
+  }
+
 #define LLMCORE_WGMMA_RS_M64N128K16(TYPE)                                                   \
   __device__ static void pv(float (&d)[16][4], const uint32_t (&a)[4], uint64_t desc_b) {   \
     asm volatile(                                                                           \
@@ -572,14 +605,17 @@ struct Wgmma;
 template <>
 struct Wgmma<__nv_bfloat16> {
   LLMCORE_WGMMA_SS_M64N64K16("bf16")
+  LLMCORE_WGMMA_RS_M64N64K16("bf16")
   LLMCORE_WGMMA_RS_M64N128K16("bf16")
 };
 template <>
 struct Wgmma<__half> {
   LLMCORE_WGMMA_SS_M64N64K16("f16")
+  LLMCORE_WGMMA_RS_M64N64K16("f16")
   LLMCORE_WGMMA_RS_M64N128K16("f16")
 };
 #undef LLMCORE_WGMMA_SS_M64N64K16
+#undef LLMCORE_WGMMA_RS_M64N64K16
 #undef LLMCORE_WGMMA_RS_M64N128K16
 #undef LLMCORE_WGMMA_ACC8
 #undef LLMCORE_WGMMA_ACC
@@ -609,6 +645,41 @@ __device__ __forceinline__ void wgmma_scores_issue(float (&s)[8][4], const T* q_
   (void)s, (void)q_s, (void)k_s;
   __trap();
 #endif
+}
+
+// The same with Q's A fragments in registers (the warp's 16 rows, as tile_scores loads them:
+// wgmma_load_q), so that only K is read from smem.
+template <typename T, int D>
+__device__ __forceinline__ void wgmma_scores_issue(float (&s)[8][4],
+                                                   const uint32_t (&qa)[D / 16][4], const T* k_s) {
+#if LLMCORE_ATTENTION_WGMMA
+  using Shape = TileShape<D, true>;
+  const char* k_b = reinterpret_cast<const char*>(k_s);
+#pragma unroll
+  for (int nt = 0; nt < 8; ++nt)
+#pragma unroll
+    for (int c = 0; c < 4; ++c) s[nt][c] = 0.0f;
+  pin_registers(s);
+  wgmma_fence();
+#pragma unroll
+  for (int kd = 0; kd < D / 16; ++kd)
+    Wgmma<T>::scores(s, qa[kd],
+                     smem_desc_sw128(k_b + Shape::kstep_bytes(kd), 16, Shape::kRowGroupBytes));
+  asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
+  pin_registers(s);
+#else
+  (void)s, (void)qa, (void)k_s;
+  __trap();
+#endif
+}
+// Q's A fragments of the warp's 16 rows (q_s: the warpgroup's [64, D] tile) for the above.
+template <typename T, int D>
+__device__ __forceinline__ void wgmma_load_q(uint32_t (&qa)[D / 16][4], const T* q_s,
+                                             int warp_in_wg, int lane) {
+  using Shape = TileShape<D, true>;
+  const T* q_w = q_s + Shape::off(16 * warp_in_wg, 0);
+#pragma unroll
+  for (int kd = 0; kd < D / 16; ++kd) ldmatrix_x4(qa[kd], q_w + Shape::q_frag(lane, kd));
 }
 
 template <typename T, int D>
