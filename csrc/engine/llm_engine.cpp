@@ -127,8 +127,11 @@ LLMEngine::LLMEngine(const EngineConfig& config) : config_(config), seed_rng_(co
     LLMCORE_CHECK_ARG(config.gpu_memory_utilization > 0 && config.gpu_memory_utilization <= 1,
                       "gpu_memory_utilization must be in (0, 1]; got ", config.gpu_memory_utilization);
   }
-  LLMCORE_CHECK_ARG(config.block_size == 8 || config.block_size == 16 || config.block_size == 32,
-                    "block_size must be 8, 16 or 32; got ", config.block_size);
+  // vLLM's choices on GPUs. 64 suits Hopper's prompt attention best (one TMA box per 64-key
+  // tile); every kernel takes any of them.
+  LLMCORE_CHECK_ARG(config.block_size == 8 || config.block_size == 16 || config.block_size == 32 ||
+                        config.block_size == 64 || config.block_size == 128,
+                    "block_size must be 8, 16, 32, 64 or 128; got ", config.block_size);
   LLMCORE_CHECK_ARG(config.max_num_seqs >= 1, "max_num_seqs must be >= 1; got ", config.max_num_seqs);
 
   model_config_ = ModelConfig::from_file((fs::path(config.model) / "config.json").string());

@@ -124,3 +124,24 @@ def test_shutdown_refuses_new_requests_and_keeps_stats(llmcore, checkpoint):
     assert llm.get_tokenizer().encode("The cat")
     with pytest.raises((ValueError, RuntimeError)):
         llm.generate("The cat", llmcore.SamplingParams(max_tokens=3), use_tqdm=False)
+
+
+@pytest.mark.parametrize("block_size", [8, 64, 128])
+def test_block_size_changes_no_output(make_llm, llm, llmcore, block_size):
+    """A sequence's tokens do not depend on how its cache is cut into blocks (the same keys in
+    the same order), and every block comes back."""
+    prompts = fixtures.prompt_texts(6, seed=33, max_words=60)
+    params = llmcore.SamplingParams(temperature=0.0, max_tokens=40, ignore_eos=True)
+    ref = llm.generate(prompts, params, use_tqdm=False)
+    other = make_llm("llama_gqa", num_gpu_blocks_override=4096 // block_size, block_size=block_size)
+    got = other.generate(prompts, params, use_tqdm=False)
+    for i, (g, r) in enumerate(zip(got, ref)):
+        assert list(g.outputs[0].token_ids) == list(r.outputs[0].token_ids), f"request {i}"
+    stats = fixtures.assert_all_blocks_free(other)
+    assert stats["num_total_blocks"] == 4096 // block_size
+
+
+def test_block_size_outside_the_choices_refused(llmcore, checkpoint):
+    for block_size in (0, 24, 256):
+        with pytest.raises(ValueError, match="block_size"):
+            llmcore.LLM(model=str(checkpoint("llama_gqa")), device="cpu", block_size=block_size)

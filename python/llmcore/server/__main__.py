@@ -36,7 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gpu-memory-utilization", type=float, default=0.9)
     p.add_argument("--load-format", choices=["auto", "dummy"], default="auto",
                    help="'dummy' draws random weights of the checkpoint's shapes")
-    p.add_argument("--block-size", type=int, default=None, help="KV-cache block size in tokens (default: 16)")
+    p.add_argument("--block-size", type=int, default=None, help="KV-cache block size in tokens: 8, 16, 32, 64 or 128 (default: 16)")
     p.add_argument("--num-gpu-blocks-override", type=int, default=None,
                    help="number of KV-cache blocks (default: sized from free memory)")
     p.add_argument("--enable-prefix-caching", action=argparse.BooleanOptionalAction, default=None,

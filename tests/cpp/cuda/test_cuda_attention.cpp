@@ -65,14 +65,17 @@ INSTANTIATE_TEST_SUITE_P(Bf16, CudaPagedAttention,
 
 TEST(CudaPagedAttentionShapes, OtherHeadDimsBlockSizesAndFp16) {
   ATTN_SKIP_WITHOUT_CUDA();
-  // (head_dim, Hq, Hkv, block size, window, dtype): the remaining head dims, block size 8, odd
-  // GQA ratios (3, 6), and float16.
+  // (head_dim, Hq, Hkv, block size, window, dtype): the remaining head dims, block sizes 8, 64
+  // and 128, odd GQA ratios (3, 6), and float16.
   const std::vector<std::tuple<int, int, int, int, int, DType>> cases = {
       {32, 4, 2, 16, 0, DType::kBF16},  {96, 6, 2, 16, 0, DType::kBF16},
       {256, 4, 2, 16, 0, DType::kBF16}, {256, 8, 1, 32, 300, DType::kBF16},
       {128, 8, 2, 8, 0, DType::kBF16},  {64, 6, 1, 8, 50, DType::kBF16},
       {128, 3, 1, 16, 0, DType::kBF16}, {64, 8, 2, 16, 0, DType::kF16},
       {128, 4, 4, 32, 100, DType::kF16}, {96, 2, 1, 16, 0, DType::kF16},
+      // Blocks of 64 and 128 keys: the prompt kernel's TMA boxes cover a whole 64-key tile.
+      {128, 8, 2, 64, 0, DType::kBF16}, {128, 4, 1, 128, 100, DType::kBF16},
+      {128, 8, 8, 64, 0, DType::kF16},  {64, 4, 2, 128, 0, DType::kBF16},
   };
   uint32_t seed = 1;
   for (const auto& [d, hq, hkv, bs, window, dtype] : cases) {
