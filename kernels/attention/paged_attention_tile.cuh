@@ -16,6 +16,7 @@
 
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 
 #include "kernels/attention/attention.h"
 #include "kernels/common/mma.cuh"
@@ -623,35 +624,11 @@ struct Wgmma<__half> {
 // The warpgroup's stages as separate issues, for a loop that overlaps them (paged_attention.cu):
 // wgmma_scores_issue starts s = Q K^T of one tile (committed as one group, not waited for);
 // wgmma_pv_issue starts o += P V. wgmma_wait<N> waits until at most N groups are in flight.
-template <typename T, int D>
-__device__ __forceinline__ void wgmma_scores_issue(float (&s)[8][4], const T* q_s, const T* k_s) {
-#if LLMCORE_ATTENTION_WGMMA
-  using Shape = TileShape<D, true>;
-  const char* q_b = reinterpret_cast<const char*>(q_s);
-  const char* k_b = reinterpret_cast<const char*>(k_s);
-#pragma unroll
-  for (int nt = 0; nt < 8; ++nt)
-#pragma unroll
-    for (int c = 0; c < 4; ++c) s[nt][c] = 0.0f;
-  pin_registers(s);
-  wgmma_fence();
-#pragma unroll
-  for (int kd = 0; kd < D / 16; ++kd)
-    Wgmma<T>::scores(s, smem_desc_sw128(q_b + Shape::kstep_bytes(kd), 16, Shape::kRowGroupBytes),
-                     smem_desc_sw128(k_b + Shape::kstep_bytes(kd), 16, Shape::kRowGroupBytes));
-  asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
-  pin_registers(s);
-#else
-  (void)s, (void)q_s, (void)k_s;
-  __trap();
-#endif
-}
-
-// The same with Q's A fragments in registers (the warp's 16 rows, as tile_scores loads them:
-// wgmma_load_q), so that only K is read from smem.
-template <typename T, int D>
-__device__ __forceinline__ void wgmma_scores_issue(float (&s)[8][4],
-                                                   const uint32_t (&qa)[D / 16][4], const T* k_s) {
+// q: the warpgroup's [64, D] Q tile in smem (const T*), or the warp's A fragments of its 16 rows
+// in registers (uint32_t[D / 16][4], wgmma_load_q), so that only K is read from smem.
+template <typename T, int D, typename QOperand>
+__device__ __forceinline__ void wgmma_scores_issue(float (&s)[8][4], const QOperand& q,
+                                                   const T* k_s) {
 #if LLMCORE_ATTENTION_WGMMA
   using Shape = TileShape<D, true>;
   const char* k_b = reinterpret_cast<const char*>(k_s);
@@ -662,13 +639,21 @@ __device__ __forceinline__ void wgmma_scores_issue(float (&s)[8][4],
   pin_registers(s);
   wgmma_fence();
 #pragma unroll
-  for (int kd = 0; kd < D / 16; ++kd)
-    Wgmma<T>::scores(s, qa[kd],
-                     smem_desc_sw128(k_b + Shape::kstep_bytes(kd), 16, Shape::kRowGroupBytes));
+  for (int kd = 0; kd < D / 16; ++kd) {
+    const uint64_t k_desc =
+        smem_desc_sw128(k_b + Shape::kstep_bytes(kd), 16, Shape::kRowGroupBytes);
+    if constexpr (std::is_pointer_v<QOperand>)
+      Wgmma<T>::scores(s,
+                       smem_desc_sw128(reinterpret_cast<const char*>(q) + Shape::kstep_bytes(kd),
+                                       16, Shape::kRowGroupBytes),
+                       k_desc);
+    else
+      Wgmma<T>::scores(s, q[kd], k_desc);
+  }
   asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
   pin_registers(s);
 #else
-  (void)s, (void)qa, (void)k_s;
+  (void)s, (void)q, (void)k_s;
   __trap();
 #endif
 }
