@@ -319,8 +319,8 @@ __device__ __forceinline__ void attention_cta(const Params& p) {
     // Long CTAs on the warpgroup MMA: eight math warps (two warpgroups of 64 rows) and a copying
     // warpgroup whose warp 8 issues the copies (warps 9-11 only lend their registers), kStages
     // K/V stages filled by TMA. Tile t goes to stage (t - t_begin) % kStages. The copying warp
-    // fills the stages, then each later tile once every math warp has
-    // arrived on the stage's "empty" barrier (done with the tile before); lane j issues the
+    // fills the stages, then each later tile once every math warp has arrived on the stage's
+    // "empty" barrier (done with the tile before); lane j issues the
     // copies of key segment j (p.tma_seg_rows keys of one cache block; a segment without a key of
     // [key_lo, key_hi) is not copied) after lane 0 posted the stage's bytes on its "full"
     // barrier, and the table entries of a tile are read a tile ahead. The math warps wait on
@@ -667,8 +667,6 @@ void launch(Params p, int64_t num_tokens, const AttentionMetadata& meta, cudaStr
   const bool any_short = static_cast<int64_t>(meta.min_query_len) * p.group <= kSplitRows;
   if constexpr (kSeparateLongWalk<D>) {
     if (p.long_walk && any_long && !set_kv_maps<T, D>(p)) p.long_walk = 0;
-  }
-  if constexpr (kSeparateLongWalk<D>) {
     if (p.long_walk && any_long) {
       const size_t smem = prepare<T, D, false, true>();
       Params lp = p;

@@ -497,7 +497,8 @@ __device__ __forceinline__ void attend_tile(PartitionState<D>& st, const T* q_s,
 // --- one warpgroup (4 warps, 64 rows), one key tile: Hopper's warpgroup MMA --------------------
 //
 // The same three stages for a walking CTA's 64 rows at once, with wgmma.mma_async (sm_90a,
-// head dim 128, 64-key tiles): scores as eight m64n64k16 steps (Q and K from smem), P V as four
+// head dim 128, 64-key tiles): scores as eight m64n64k16 steps (K from smem, Q from smem or
+// from registers: the probe reads it from smem, the prompt kernel from registers), P V as four
 // m64n128k16 steps (P from registers, V from smem). Each warp's accumulator fragments are those
 // of mma.sync for its 16 rows, every element is the same chain of k16 steps from the same start,
 // and wgmma rounds like mma.sync (benchmarks/kernels/probe_wgmma_bits.cu: same bits on the H100
