@@ -244,7 +244,7 @@ __global__ void __launch_bounds__(128) TileProbe(const uint16_t* q, const uint16
       std::memcpy(&v_s[at + e], &bv, 2);
     }
   }
-  ad::fence_proxy_async();
+  llmcore::kernels::fence_proxy_async();
   __syncthreads();
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   int lo[2], hi[2];

@@ -21,17 +21,14 @@
 #include "kernels/attention/attention.h"
 #include "kernels/common/mma.cuh"
 #include "kernels/common/tma.cuh"
+#include "kernels/common/wgmma.cuh"
 
 namespace llmcore::kernels::attention_detail {
 
 constexpr int kPartition = kPagedAttentionPartitionSize;
 
 // Device code for sm_90a: Hopper's warpgroup MMA (prompt CTAs of head dim 128).
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900 && defined(__CUDA_ARCH_FEAT_SM90_ALL)
-#define LLMCORE_ATTENTION_WGMMA 1
-#else
-#define LLMCORE_ATTENTION_WGMMA 0
-#endif
+#define LLMCORE_ATTENTION_WGMMA LLMCORE_WGMMA_ARCH
 
 // K/V stages of long walking CTAs: four where the warpgroup MMA runs (the scores of the next
 // tile are computed while this one's softmax runs, and the copies run ahead; 231,488 bytes of
@@ -506,121 +503,10 @@ __device__ __forceinline__ void attend_tile(PartitionState<D>& st, const T* q_s,
 // so a row's bits match the mma.sync path's. All 128 threads must call it (a warp whose rows are
 // all masked computes an unchanged state); the softmax between the products is per warp.
 
-// Shared-memory matrix descriptor of a tile in the 128-byte swizzle layout (TileShape): start
-// address, the leading and stride byte offsets, layout type 1 (128-byte swizzle) in bits 62-63.
-// The hardware swizzles absolute address bits, so the tile must start 1024-byte aligned; the
-// start may move within an atom (a k-step of a K-major operand). Per the PTX ISA's canonical
-// layouts (in 16-byte units T):
-//  * K-major (Q, K; rows m, columns k): ((8,m),(T,2k)) : ((8T,SBO),(1,T)): rows 128 bytes apart,
-//    SBO to the next 8 rows (kRowGroupBytes); the leading offset is unused.
-//  * MN-major (V: keys k, head-dim columns n contiguous): ((T,8,m),(8,k)) : ((1,T,LBO),(8T,SBO)):
-//    LBO to the next 64 columns (kColBlockBytes), SBO to the next 8 keys (kRowGroupBytes).
-__device__ __forceinline__ uint64_t smem_desc_sw128(const void* p, uint32_t lbo, uint32_t sbo) {
-  return static_cast<uint64_t>((smem_u32(p) >> 4) & 0x3fff) |
-         (static_cast<uint64_t>((lbo >> 4) & 0x3fff) << 16) |
-         (static_cast<uint64_t>((sbo >> 4) & 0x3fff) << 32) | (uint64_t{1} << 62);
-}
-
 // Registers per thread of the long CTA's warpgroups after setmaxnreg: the copying warpgroup
 // gives its registers to the two math warpgroups. The sum stays what the launch bound gave
 // (384 threads, 1 CTA: 168 each), 56 + 2 * 224 = 3 * 168.
 constexpr int kCopyWarpgroupRegs = 56, kMathWarpgroupRegs = 224;
-template <int kRegs>
-__device__ __forceinline__ void warpgroup_regs_dec() {
-#if LLMCORE_ATTENTION_WGMMA
-  asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(kRegs));
-#endif
-}
-template <int kRegs>
-__device__ __forceinline__ void warpgroup_regs_inc() {
-#if LLMCORE_ATTENTION_WGMMA
-  asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(kRegs));
-#endif
-}
-
-__device__ __forceinline__ void wgmma_fence() {
-  asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
-}
-// Pins accumulator registers at this point of the program: the warpgroup MMA writes them
-// asynchronously, and nothing else may read or move them between its issue and its wait.
-template <int N>
-__device__ __forceinline__ void pin_registers(float (&r)[N][4]) {
-#pragma unroll
-  for (int i = 0; i < N; ++i)
-#pragma unroll
-    for (int c = 0; c < 4; ++c) asm volatile("" : "+f"(r[i][c])::"memory");
-}
-
-// Generic-proxy writes to smem (cp.async, stores) made visible to the warpgroup MMA's reads.
-__device__ __forceinline__ void fence_proxy_async() {
-  asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
-}
-
-template <typename T>
-struct Wgmma;
-
-// The accumulator operands of n-tile i (4 floats of d[i]).
-#define LLMCORE_WGMMA_ACC(d, i) "+f"(d[i][0]), "+f"(d[i][1]), "+f"(d[i][2]), "+f"(d[i][3])
-#define LLMCORE_WGMMA_ACC8(d, i0)                                                               \
-  LLMCORE_WGMMA_ACC(d, i0), LLMCORE_WGMMA_ACC(d, i0 + 1), LLMCORE_WGMMA_ACC(d, i0 + 2),         \
-      LLMCORE_WGMMA_ACC(d, i0 + 3), LLMCORE_WGMMA_ACC(d, i0 + 4), LLMCORE_WGMMA_ACC(d, i0 + 5), \
-      LLMCORE_WGMMA_ACC(d, i0 + 6), LLMCORE_WGMMA_ACC(d, i0 + 7)
-
-#define LLMCORE_WGMMA_SS_M64N64K16(TYPE)                                                    \
-  __device__ static void scores(float (&d)[8][4], uint64_t desc_a, uint64_t desc_b) {       \
-    asm volatile(                                                                           \
-        "{\n.reg .pred p;\nsetp.ne.b32 p, 1, 0;\n"                                          \
-        "wgmma.mma_async.sync.aligned.m64n64k16.f32." TYPE "." TYPE                         \
-        " {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "          \
-        "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, " \
-        "%32, %33, p, 1, 1, 0, 0;\n}\n"                                                     \
-        : LLMCORE_WGMMA_ACC8(d, 0)                                                          \
-        : "l"(desc_a), "l"(desc_b));                                                        \
-  }
-
-#define LLMCORE_WGMMA_RS_M64N64K16(TYPE)                                                     \
-  __device__ static void scores(float (&d)[8][4], const uint32_t (&a)[4], uint64_t desc_b) { \
-    asm volatile(                                                                            \
-        "{\n.reg .pred p;\nsetp.ne.b32 p, 1, 0;\n"                                           \
-        "wgmma.mma_async.sync.aligned.m64n64k16.f32." TYPE "." TYPE                          \
-        " {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "           \
-        "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, "  \
-        "{%32, %33, %34, %35}, %36, p, 1, 1, 0;\n}\n"                                        \
-        : LLMCORE_WGMMA_ACC8(d, 0)                                                           \
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b));                          \
-  }
-
-#define LLMCORE_WGMMA_RS_M64N128K16(TYPE)                                                   \
-  __device__ static void pv(float (&d)[16][4], const uint32_t (&a)[4], uint64_t desc_b) {   \
-    asm volatile(                                                                           \
-        "{\n.reg .pred p;\nsetp.ne.b32 p, 1, 0;\n"                                          \
-        "wgmma.mma_async.sync.aligned.m64n128k16.f32." TYPE "." TYPE                        \
-        " {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "          \
-        "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "  \
-        "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "  \
-        "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, " \
-        "{%64, %65, %66, %67}, %68, p, 1, 1, 1;\n}\n"                                       \
-        : LLMCORE_WGMMA_ACC8(d, 0), LLMCORE_WGMMA_ACC8(d, 8)                                \
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b));                         \
-  }
-
-template <>
-struct Wgmma<__nv_bfloat16> {
-  LLMCORE_WGMMA_SS_M64N64K16("bf16")
-  LLMCORE_WGMMA_RS_M64N64K16("bf16")
-  LLMCORE_WGMMA_RS_M64N128K16("bf16")
-};
-template <>
-struct Wgmma<__half> {
-  LLMCORE_WGMMA_SS_M64N64K16("f16")
-  LLMCORE_WGMMA_RS_M64N64K16("f16")
-  LLMCORE_WGMMA_RS_M64N128K16("f16")
-};
-#undef LLMCORE_WGMMA_SS_M64N64K16
-#undef LLMCORE_WGMMA_RS_M64N64K16
-#undef LLMCORE_WGMMA_RS_M64N128K16
-#undef LLMCORE_WGMMA_ACC8
-#undef LLMCORE_WGMMA_ACC
 
 // The warpgroup's stages as separate issues, for a loop that overlaps them (paged_attention.cu):
 // wgmma_scores_issue starts s = Q K^T of one tile (committed as one group, not waited for);
@@ -689,11 +575,6 @@ __device__ __forceinline__ void wgmma_pv_issue(PartitionState<D>& st, const uint
   (void)st, (void)pk, (void)v_s;
   __trap();
 #endif
-}
-
-template <int N>
-__device__ __forceinline__ void wgmma_wait() {
-  asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
 }
 
 // The warpgroup version of attend_tile for head dim 128, its three stages one after the other
